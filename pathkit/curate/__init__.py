@@ -1,0 +1,1 @@
+"""Curation: text and image filters, embedding deduplication, LLaVA-format I/O and validation."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, LLM judges, benchmark loaders, the evaluation runner."""

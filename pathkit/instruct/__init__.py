@@ -1,0 +1,1 @@
+"""Instruction data: prompt library, OpenAI-compatible client (cache, retry, resume), generation pipelines."""

@@ -1,0 +1,1 @@
+"""Procedural data with ground truth: H&E-like tissue tiles, pyramidal slides and narrated videos."""

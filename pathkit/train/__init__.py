@@ -1,0 +1,1 @@
+"""Training: Lightning modules wrapping pathkit.models, data modules and collators, staged recipes."""

@@ -1,0 +1,1 @@
+"""Narrated video: stable chunks, cursor detection and tracking, Quilt clustering, heatmaps, transcripts."""

@@ -1,0 +1,1 @@
+"""Figures (matplotlib), napari viewers and ipywidgets chat."""
