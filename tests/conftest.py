@@ -23,9 +23,9 @@ def pytest_collection_modifyitems(config, items):
         has_cuda = False
     has_display = bool(os.environ.get("DISPLAY"))
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "viewer" in item.keywords and not has_display:
+        if item.get_closest_marker("viewer") and not has_display:
             item.add_marker(pytest.mark.skip(reason="needs an X display (run under xvfb-run)"))
 
 
