@@ -1,0 +1,364 @@
+"""Staged training recipes as data: which parts learn, at what learning rate, on which data, for how long.
+
+A :class:`Recipe` is a name, the kind of visual input (``image`` tiles or ``slide`` feature bags), Config
+overrides (which encoder, connector and LLM the seed used) and an ordered tuple of :class:`Stage` s. A stage
+names its data (:class:`DataSpec`), its *trainable* parts (the freeze policy: ``{"connector": True}`` trains
+the projector only), its optimiser settings and where its weights start (``init_from``). The runner has no
+per-stage code branches: everything that differs between LLaVA's projector alignment and PA-LLaVA's LoRA
+instruction tuning is in these fields. Recipes round-trip through YAML (``recipe.to_yaml()``,
+``Recipe.from_yaml(text)``).
+
+Presets (``get_recipe(name, preset)``):
+    paper  the seed systems' published settings (shared/reference/seed-systems.md §0.4, §2.5, §3.3, §4.3, §5);
+           per-device batch sizes with the global batch in ``notes`` (the seeds ran on 4-16 GPUs).
+    gpu    one GPU, small real-sized models (the gpu Config preset), a few epochs.
+    tiny   random-init tiny models on 2 CPU cores, sized so each recipe visibly learns in a few minutes.
+           Learning rates are higher than the paper's because the tiny LLM starts from random weights.
+
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pathkit.config import ConfigError
+
+KINDS = ("contrastive", "vlm")
+PARTS = ("vision", "connector", "llm", "lora", "slide_encoder", "text")
+SOURCES = ("tiles", "slides")
+FORMATS = ("captions", "describe", "instruct", "pairs")
+PRESETS = ("tiny", "gpu", "paper")
+
+
+@dataclass
+class DataSpec:
+    """Which data a stage trains on.
+
+    ``source``: ``tiles`` (pathkit.synthetic tile dataset) or ``slides`` (slide feature files).
+    ``format``: ``captions`` (``<image>`` then the caption, LLaVA's stage-1 ``plain`` pre-training),
+    ``describe`` (a describe-the-image question answered by the caption inside the chat template: PA-LLaVA's
+    domain alignment, HuatuoGPT-Vision's alignment VQA), ``instruct`` (the LLaVA instruction conversations),
+    ``pairs`` (image-text pairs for contrastive training). ``template``: chat template for this stage (None =
+    ``cfg.llm.chat_template``).
+    """
+
+    source: str = "tiles"
+    format: str = "instruct"
+    split: str = "train"
+    template: str | None = None
+    max_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        _need(self.source in SOURCES, "DataSpec.source", self.source, f"must be one of {SOURCES}")
+        _need(self.format in FORMATS, "DataSpec.format", self.format, f"must be one of {FORMATS}")
+        _need(self.template in (None, "plain", "vicuna_v1", "llama3", "huatuo"), "DataSpec.template",
+              self.template, "must be plain, vicuna_v1, llama3, huatuo or None")
+
+
+@dataclass
+class Stage:
+    """One training stage. ``trainable`` is the freeze policy: parts not named (or False) are frozen."""
+
+    name: str
+    kind: str = "vlm"
+    data: DataSpec = field(default_factory=DataSpec)
+    trainable: dict[str, bool] = field(default_factory=lambda: {"connector": True})
+    init_from: dict[str, str] = field(default_factory=dict)  # part -> earlier stage whose output it loads
+    lr: float = 1e-3
+    projector_lr: float | None = None  # None = lr (LLaVA's --mm_projector_lr)
+    min_lr: float = 0.0  # cosine floor
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    epochs: int = 1
+    max_steps: int = -1  # > 0 caps the optimiser steps (and sets the schedule length)
+    batch_size: int = 16  # per device
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    max_length: int | None = None  # None = cfg.llm.max_length
+    config: dict[str, Any] = field(default_factory=dict)  # Config overrides for this stage only
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"Stage[{self.name}]"
+        if isinstance(self.data, dict):
+            self.data = DataSpec(**self.data)
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        for name in ("lr", "projector_lr", "min_lr", "weight_decay", "warmup_ratio", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+        _need(bool(self.name) and "/" not in self.name, f"{where}.name", self.name, "must be a folder name")
+        _need(self.kind in KINDS, f"{where}.kind", self.kind, f"must be one of {KINDS}")
+        unknown = sorted(set(self.trainable) - set(PARTS))
+        _need(not unknown, f"{where}.trainable", self.trainable, f"unknown part(s) {unknown}; parts: {PARTS}")
+        _need(any(self.trainable.values()), f"{where}.trainable", self.trainable, "trains nothing")
+        unknown = sorted(set(self.init_from) - set(PARTS))
+        _need(not unknown, f"{where}.init_from", self.init_from, f"unknown part(s) {unknown}")
+        _need(self.lr > 0, f"{where}.lr", self.lr, "must be > 0")
+        _need(self.projector_lr is None or self.projector_lr > 0, f"{where}.projector_lr", self.projector_lr,
+              "must be > 0 or None")
+        _need(0 <= self.min_lr <= self.lr, f"{where}.min_lr", self.min_lr, "must be in [0, lr]")
+        _need(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        _need(self.epochs >= 1, f"{where}.epochs", self.epochs, "must be >= 1")
+        _need(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "must be >= 1")
+        _need(self.grad_accum >= 1, f"{where}.grad_accum", self.grad_accum, "must be >= 1")
+
+    @property
+    def trainable_parts(self) -> tuple[str, ...]:
+        return tuple(p for p in PARTS if self.trainable.get(p, False))
+
+    def freeze_policy(self) -> dict[str, bool]:
+        """Every part named, True = trains (the form ``VisionLanguageModel.apply_freeze`` takes)."""
+        return {p: bool(self.trainable.get(p, False)) for p in PARTS}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["data"] = {f.name: getattr(self.data, f.name) for f in fields(self.data)}
+        out["betas"] = list(self.betas)
+        out["trainable"] = dict(self.trainable)
+        out["init_from"] = dict(self.init_from)
+        out["config"] = dict(self.config)
+        return out
+
+
+@dataclass
+class Recipe:
+    """A seed system's training: stages run in order, stage N+1 starting from stage N's model."""
+
+    name: str
+    vision: str = "image"  # image | slide
+    stages: tuple[Stage, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)  # Config overrides for the whole recipe
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        self.stages = tuple(Stage(**s) if isinstance(s, dict) else s for s in self.stages)
+        _need(self.vision in ("image", "slide"), f"Recipe[{self.name}].vision", self.vision, "must be image or slide")
+        _need(len(self.stages) > 0, f"Recipe[{self.name}].stages", [], "needs at least one stage")
+        names = [s.name for s in self.stages]
+        _need(len(set(names)) == len(names), f"Recipe[{self.name}].stages", names, "stage names must be unique")
+        for i, stage in enumerate(self.stages):
+            for part, source in stage.init_from.items():
+                _need(source in names[:i], f"Stage[{stage.name}].init_from.{part}", source,
+                      f"must name an earlier stage of {names[:i]}")
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"Recipe[{self.name}]: no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "vision": self.vision, "config": dict(self.config), "notes": self.notes,
+                "stages": [s.to_dict() for s in self.stages]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Recipe: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            from pathkit.io import atomic_write_text
+
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> Recipe:
+        import yaml
+
+        text = str(path_or_text)
+        if "\n" not in text and Path(text).is_file():
+            text = Path(text).read_text()
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{str(path_or_text)[:80]!r}: a recipe YAML must be a mapping")
+        return cls.from_dict(data)
+
+    def override(self, changes: dict[str, Any]) -> Recipe:
+        """Copy with ``{"<stage>.<field>": value}`` (e.g. ``{"instruct.lr": 1e-4, "instruct.data.max_samples": 64}``)
+        or ``{"*.<field>": value}`` for every stage replaced."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            stage_name, _, rest = key.partition(".")
+            targets = [s for s in data["stages"] if stage_name in ("*", s["name"])]
+            if not targets or not rest:
+                raise ConfigError(f"Recipe[{self.name}] override {key!r}: expected <stage>.<field>, stages: "
+                                  f"{[s['name'] for s in data['stages']]}")
+            for stage in targets:
+                node, parts = stage, rest.split(".")
+                for part in parts[:-1]:
+                    if not isinstance(node.get(part), dict):
+                        raise ConfigError(f"Recipe[{self.name}] override {key!r}: no section {part!r}")
+                    node = node[part]
+                if parts[-1] not in node and parts[0] not in ("trainable", "init_from", "config"):
+                    raise ConfigError(f"Recipe[{self.name}] override {key!r}: unknown field {parts[-1]!r}")
+                node[parts[-1]] = value
+        return Recipe.from_dict(data)
+
+
+def _need(cond: bool, where: str, value: Any, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}={value!r}: {why}")
+
+
+# ------------------------------------------------------------------------------------------------ the seeds
+
+PROJECTOR = {"connector": True}
+PROJECTOR_LORA = {"connector": True, "lora": True}
+PROJECTOR_LLM = {"connector": True, "llm": True}
+
+
+def _by_preset(preset: str, tiny: Any, gpu: Any, paper: Any) -> Any:
+    return {"tiny": tiny, "gpu": gpu, "paper": paper}[preset]
+
+
+def quilt_llava(preset: str) -> Recipe:
+    """Quilt-LLaVA (§2.5): LLaVA-1.5 stage 1 on captions (plain template, projector only), then instruction
+    tuning of projector + LLM (the released model was fully fine-tuned, issue #11)."""
+    p = preset
+    config = _by_preset(p, {"connector.type": "mlp2x_gelu", "llm.lora_r": 0},
+                        {"connector.type": "mlp2x_gelu", "llm.lora_r": 0},
+                        {"connector.type": "mlp2x_gelu", "llm.lora_r": 0,
+                         "encoder.name": "wisdomik/QuiltNet-B-32", "encoder.image_size": 224,
+                         "llm.name": "lmsys/vicuna-7b-v1.5", "llm.chat_template": "vicuna_v1",
+                         "llm.max_length": 2048})
+    align = Stage(
+        name="alignment", data=DataSpec(source="tiles", format="captions", template="plain"),
+        trainable=PROJECTOR,
+        lr=_by_preset(p, 3e-3, 1e-3, 1e-3), epochs=_by_preset(p, 2, 1, 1),
+        batch_size=_by_preset(p, 16, 32, 32), grad_accum=1,
+        notes="pretrain.sh: batch 32/GPU, global 256 (8 GPUs), lr 1e-3, cosine, warmup 0.03, wd 0, 1 epoch")
+    instruct = Stage(
+        name="instruct", data=DataSpec(source="tiles", format="instruct"),
+        trainable=PROJECTOR_LLM,
+        lr=_by_preset(p, 2e-3, 2e-5, 2e-5), epochs=_by_preset(p, 5, 3, 1),
+        batch_size=_by_preset(p, 16, 16, 16), grad_accum=1,
+        notes="finetune.sh: batch 16/GPU, global 128 (4 A100 x 2 accumulation in LLaVA), lr 2e-5, 1 epoch; "
+              "the released weights suggest 3 epochs (issue #13)")
+    return Recipe(name="quilt_llava", vision="image", stages=(align, instruct), config=config,
+                  notes="Quilt-LLaVA: LLaVA-1.5 recipe on Quilt captions then Quilt-Instruct")
+
+
+def pa_llava(preset: str) -> Recipe:
+    """PA-LLaVA (§3.2-3.3): pathology CLIP, then domain alignment and VQA tuning of the scale-invariant
+    connector + LLM LoRA (r128/alpha256, projector LR x0.5 in the second stage)."""
+    p = preset
+    config = _by_preset(p, {"connector.type": "scale_invariant", "llm.lora_r": 16, "llm.lora_alpha": 32,
+                            "llm.lora_dropout": 0.0},
+                        {"connector.type": "scale_invariant", "llm.lora_r": 16, "llm.lora_alpha": 32},
+                        {"connector.type": "scale_invariant", "connector.num_tokens": 196,
+                         "connector.qformer_layers": 6, "connector.tile_size": 224,
+                         "encoder.name": "openai/clip-vit-base-patch16", "encoder.image_size": 224,
+                         "llm.name": "meta-llama/Meta-Llama-3-8B-Instruct", "llm.chat_template": "llama3",
+                         "llm.lora_r": 128, "llm.lora_alpha": 256, "llm.lora_dropout": 0.05,
+                         "llm.max_length": 2048 - 196})
+    clip = Stage(
+        name="clip", kind="contrastive", data=DataSpec(source="tiles", format="pairs"),
+        trainable={"vision": True, "text": True},
+        lr=_by_preset(p, 1e-3, 1e-4, 1e-5), epochs=_by_preset(p, 8, 10, 10), weight_decay=0.1,
+        warmup_ratio=0.1, batch_size=_by_preset(p, 32, 256, 256),
+        notes="PA-LLaVA's own PLIP (CLIP ViT-B/16 at 224) on PCaption-0.5M; its training settings are not in "
+              "the code [unverified]: CLIP fine-tuning defaults")
+    align = Stage(
+        name="domain_alignment", data=DataSpec(source="tiles", format="describe"),
+        trainable=PROJECTOR_LORA, init_from={"vision": "clip"},
+        lr=_by_preset(p, 3e-3, 1e-4, 1e-4), min_lr=0.0, epochs=_by_preset(p, 2, 3, 9),
+        batch_size=_by_preset(p, 16, 16, 6), grad_accum=_by_preset(p, 1, 2, 6),
+        notes="pallava_domain_alignment.py: 6/GPU x 6 accumulation x 16 GPUs = 576, 9 epochs, lr 1e-4, "
+              "AdamW (0.9, 0.999), wd 0, clip 1, linear warm-up 3% then cosine to 0")
+    vqa = Stage(
+        name="vqa_tuning", data=DataSpec(source="tiles", format="instruct"),
+        trainable=PROJECTOR_LORA,
+        lr=_by_preset(p, 3e-3, 2e-4, 2e-4), projector_lr=_by_preset(p, 1.5e-3, 1e-4, 1e-4),
+        min_lr=_by_preset(p, 1e-5, 1e-6, 1e-6), epochs=_by_preset(p, 5, 3, 12),
+        batch_size=_by_preset(p, 16, 16, 6), grad_accum=_by_preset(p, 1, 2, 4),
+        notes="pallava_instruction_tuning.py: 6/GPU x 4 accumulation x 16 GPUs = 384, 12 epochs, lr 2e-4 "
+              "(projector x0.5 = 1e-4), cosine to 1e-6")
+    return Recipe(name="pa_llava", vision="image", stages=(clip, align, vqa), config=config,
+                  notes="PA-LLaVA: pathology CLIP -> domain alignment -> VQA tuning, scale-invariant connector, LoRA")
+
+
+def wsi_llava(preset: str) -> Recipe:
+    """WSI-LLaVA (§4.3): WSI-text contrastive alignment of the slide encoder, projector alignment, then
+    instruction tuning (LoRA r128/alpha256, lr 2e-4, projector lr 2e-5, 3 epochs)."""
+    p = preset
+    config = _by_preset(p, {"connector.type": "mlp2x_gelu", "llm.lora_r": 16, "llm.lora_alpha": 32,
+                            "llm.lora_dropout": 0.0},
+                        {"connector.type": "mlp2x_gelu", "llm.lora_r": 16, "llm.lora_alpha": 32},
+                        {"connector.type": "mlp2x_gelu", "connector.num_tokens": 576,
+                         "llm.name": "lmsys/vicuna-7b-v1.5", "llm.chat_template": "vicuna_v1",
+                         "llm.lora_r": 128, "llm.lora_alpha": 256, "llm.lora_dropout": 0.05,
+                         "llm.max_length": 2048})
+    contrastive = Stage(
+        name="wsi_text", kind="contrastive", data=DataSpec(source="slides", format="pairs"),
+        trainable={"slide_encoder": True, "text": True},
+        lr=_by_preset(p, 1e-3, 1e-4, 1e-4), epochs=_by_preset(p, 20, 20, 10), weight_decay=0.05,
+        warmup_ratio=0.1, batch_size=_by_preset(p, 8, 32, 32),
+        notes="WSI-text alignment of the LongNet slide encoder against reports; details not in the code "
+              "[unverified]")
+    align = Stage(
+        name="feature_alignment", data=DataSpec(source="slides", format="captions", template="plain"),
+        trainable=PROJECTOR, init_from={"slide_encoder": "wsi_text"},
+        lr=_by_preset(p, 3e-3, 1e-3, 1e-3), epochs=_by_preset(p, 6, 3, 1),
+        batch_size=_by_preset(p, 8, 32, 32), grad_accum=_by_preset(p, 1, 1, 4),
+        notes="projector only on slide-report pairs, LLaVA-1.5 stage-1 settings [unverified]")
+    instruct = Stage(
+        name="instruction_tuning", data=DataSpec(source="slides", format="instruct"),
+        trainable=PROJECTOR_LORA,
+        lr=_by_preset(p, 3e-3, 2e-4, 2e-4), projector_lr=_by_preset(p, 1.5e-3, 2e-5, 2e-5),
+        epochs=_by_preset(p, 10, 3, 3), batch_size=_by_preset(p, 8, 32, 32), grad_accum=_by_preset(p, 1, 1, 4),
+        notes="finetune_lora.sh: LoRA r128 alpha256, lr 2e-4, projector lr 2e-5, 3 epochs, 32/device x 4 "
+              "accumulation = 128, ZeRO-3, bf16, cosine warm-up 0.03, group_by_modality_length")
+    return Recipe(name="wsi_llava", vision="slide", stages=(contrastive, align, instruct), config=config,
+                  notes="WSI-LLaVA: WSI-text contrastive -> projector alignment -> instruction tuning on slides")
+
+
+def huatuo_vision(preset: str) -> Recipe:
+    """HuatuoGPT-Vision (§5): alignment VQA then instruction VQA (PubMedVision's two halves). No training code
+    was released (issue #17): LLaVA-1.5's stage settings with the huatuo template [unverified]."""
+    p = preset
+    config = _by_preset(p, {"connector.type": "mlp2x_gelu", "llm.lora_r": 0, "llm.chat_template": "huatuo"},
+                        {"connector.type": "mlp2x_gelu", "llm.lora_r": 0, "llm.chat_template": "huatuo"},
+                        {"connector.type": "mlp2x_gelu", "llm.lora_r": 0, "llm.chat_template": "huatuo",
+                         "encoder.name": "openai/clip-vit-large-patch14-336", "encoder.image_size": 336,
+                         "llm.name": "Qwen/Qwen2-7B", "llm.max_length": 2048})
+    align = Stage(
+        name="alignment_vqa", data=DataSpec(source="tiles", format="describe"),
+        trainable=PROJECTOR, lr=_by_preset(p, 3e-3, 1e-3, 1e-3), epochs=_by_preset(p, 2, 1, 1),
+        batch_size=_by_preset(p, 16, 32, 32),
+        notes="PubMedVision_Alignment_VQA, projector only, LLaVA-1.5 stage 1 settings [unverified]")
+    instruct = Stage(
+        name="instruction_vqa", data=DataSpec(source="tiles", format="instruct"),
+        trainable=PROJECTOR_LLM, lr=_by_preset(p, 2e-3, 2e-5, 2e-5), epochs=_by_preset(p, 5, 3, 1),
+        batch_size=_by_preset(p, 16, 16, 16),
+        notes="PubMedVision_InstructionTuning_VQA (+ LLaVA data, issue #17), full fine-tune [unverified]")
+    return Recipe(name="huatuo_vision", vision="image", stages=(align, instruct), config=config,
+                  notes="HuatuoGPT-Vision: alignment VQA -> instruction VQA")
+
+
+RECIPES = {"quilt_llava": quilt_llava, "pa_llava": pa_llava, "wsi_llava": wsi_llava,
+           "huatuo_vision": huatuo_vision}
+
+
+def get_recipe(name: str, preset: str = "tiny") -> Recipe:
+    """A seed's recipe at a preset (``tiny``, ``gpu`` or ``paper``), or a recipe YAML file."""
+    if name not in RECIPES:
+        if Path(name).is_file():
+            return Recipe.from_yaml(Path(name))
+        raise ConfigError(f"recipe {name!r}: must be one of {sorted(RECIPES)} or a recipe YAML file")
+    if preset not in PRESETS:
+        raise ConfigError(f"recipe preset {preset!r}: must be one of {PRESETS}")
+    return RECIPES[name](preset)
