@@ -1,0 +1,110 @@
+"""Bitmaps of common mouse pointers (arrow, pointing hand) and their hotspots.
+
+The same pixel art draws the pointer in synthetic lectures (pathkit.synthetic.video) and builds the
+detector's templates (pathkit.video.cursor): the classic desktop arrow is the same few pixels in every
+screen recording, so matching its exact shape is what a real detector does too. Pure numpy: no cv2/av import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# B = black outline, W = white fill, . = transparent. Hotspot = the arrow tip / the fingertip.
+_ARROW = """
+B...........
+BB..........
+BWB.........
+BWWB........
+BWWWB.......
+BWWWWB......
+BWWWWWB.....
+BWWWWWWB....
+BWWWWWWWB...
+BWWWWWWWWB..
+BWWWWWWWWWB.
+BWWWWWWBBBBB
+BWWWBWWB....
+BWWBBWWB....
+BWB..BWWB...
+BB...BWWB...
+B.....BWWB..
+......BWWB..
+.......BB...
+"""
+
+_HAND = """
+.....BB..........
+....BWWB.........
+....BWWB.........
+....BWWB.........
+....BWWB.........
+....BWWBBB.......
+....BWWBWWBBB....
+....BWWBWWBWWBB..
+.BB.BWWBWWBWWBWB.
+BWWBBWWWWWWWWBWWB
+BWWWBWWWWWWWWWWWB
+.BWWBWWWWWWWWWWWB
+..BWWWWWWWWWWWWWB
+..BWWWWWWWWWWWWWB
+...BWWWWWWWWWWWB.
+...BWWWWWWWWWWWB.
+....BWWWWWWWWWB..
+....BWWWWWWWWWB..
+.....BWWWWWWWB...
+.....BBBBBBBBB...
+"""
+
+
+@dataclass(frozen=True)
+class CursorShape:
+    """A pointer bitmap: ``grey`` (h, w) uint8 (0 outline, 255 fill), ``mask`` (h, w) bool, hotspot (x, y)."""
+
+    name: str
+    grey: np.ndarray
+    mask: np.ndarray
+    hotspot: tuple[int, int]
+
+    def scaled(self, scale: int) -> CursorShape:
+        """Nearest-neighbour upscaling by an integer factor (how operating systems draw large cursors)."""
+        if scale == 1:
+            return self
+        grey = np.repeat(np.repeat(self.grey, scale, 0), scale, 1)
+        mask = np.repeat(np.repeat(self.mask, scale, 0), scale, 1)
+        return CursorShape(f"{self.name}@{scale}", grey, mask, (self.hotspot[0] * scale, self.hotspot[1] * scale))
+
+
+def _parse(art: str, name: str, hotspot: tuple[int, int]) -> CursorShape:
+    rows = [r for r in art.strip("\n").splitlines()]
+    width = max(len(r) for r in rows)
+    rows = [r.ljust(width, ".") for r in rows]
+    chars = np.array([list(r) for r in rows])
+    grey = np.where(chars == "W", 255, 0).astype(np.uint8)
+    return CursorShape(name, grey, chars != ".", hotspot)
+
+
+ARROW = _parse(_ARROW, "arrow", (0, 0))
+HAND = _parse(_HAND, "hand", (5, 0))
+SHAPES: dict[str, CursorShape] = {"arrow": ARROW, "hand": HAND}
+
+
+def cursor_scale_for(height: int) -> int:
+    """The integer cursor scale a screen of this height shows (1 up to ~540 px, 2 at 720p, 3 at 1080p)."""
+    return max(1, int(round(height / 360)))
+
+
+def draw_cursor(frame: np.ndarray, x: int, y: int, shape: CursorShape) -> np.ndarray:
+    """Draw ``shape`` onto an RGB frame in place with its hotspot at (x, y); clipped at the borders."""
+    h, w = shape.grey.shape
+    x0, y0 = x - shape.hotspot[0], y - shape.hotspot[1]
+    fx0, fy0 = max(0, x0), max(0, y0)
+    fx1, fy1 = min(frame.shape[1], x0 + w), min(frame.shape[0], y0 + h)
+    if fx1 <= fx0 or fy1 <= fy0:
+        return frame
+    sub_mask = shape.mask[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+    sub_grey = shape.grey[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+    region = frame[fy0:fy1, fx0:fx1]
+    region[sub_mask] = sub_grey[sub_mask][:, None]
+    return frame
