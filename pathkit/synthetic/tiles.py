@@ -1,0 +1,193 @@
+"""A folder of synthetic tissue tiles with captions, LLaVA conversations and evaluation questions.
+
+Layout written by :func:`ensure_tile_dataset` (``done.json`` last, so a folder with it is complete)::
+
+    root/images/<label>_<i>.png
+    root/metadata.jsonl          {"id", "image", "label", "attributes", "caption", "split"}
+    root/train_llava.json        LLaVA conversations of the train split (kind "caption" and kind "qa")
+    root/heldout_llava.json      the same for the held-out split
+    root/train_questions.jsonl   evaluation questions {"question_id", "image", "text", "answer",
+    root/heldout_questions.jsonl  "answer_type", "category", "label"}
+    root/done.json               the parameters the folder was built with
+
+Image paths inside the files are relative to ``root`` (LLaVA's ``--image_folder`` is ``root``).
+Every tile is a pure function of ``(seed, class, index)``: rebuilding gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathkit.config import SyntheticConfig
+from pathkit.io import PathkitError, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.synthetic.text import caption_for, questions_for
+from pathkit.synthetic.tissue import CLASSES, render_tissue, sample_attributes
+
+CAPTION_PROMPTS = (
+    "Describe this histopathology image.",
+    "What do you see in this H&E image?",
+    "Give a short description of the tissue shown.",
+    "Provide a brief caption for this image.",
+)
+_FILES = {"images": "images", "metadata": "metadata.jsonl", "train_llava": "train_llava.json",
+          "heldout_llava": "heldout_llava.json", "train_questions": "train_questions.jsonl",
+          "heldout_questions": "heldout_questions.jsonl", "done": "done.json"}
+
+
+@dataclass
+class TileDataset:
+    """A complete tile folder: ``root`` and the ``paths`` of its parts (keys as in the module docstring)."""
+
+    root: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, root: str | Path) -> TileDataset:
+        root = Path(root)
+        return cls(root=root, paths={k: root / v for k, v in _FILES.items()})
+
+    def metadata(self, split: str | None = None) -> list[dict[str, Any]]:
+        """Rows of ``metadata.jsonl``, optionally only one split (``train`` or ``heldout``)."""
+        rows = read_jsonl(self.paths["metadata"])
+        return [r for r in rows if split is None or r["split"] == split]
+
+    def questions(self, split: str = "heldout") -> list[dict[str, Any]]:
+        return read_jsonl(self.paths[f"{split}_questions"])
+
+    def llava(self, split: str = "train") -> list[dict[str, Any]]:
+        return read_json(self.paths[f"{split}_llava"])
+
+    def image_path(self, row: dict[str, Any]) -> Path:
+        return self.root / row["image"]
+
+    def load_image(self, row: dict[str, Any]) -> np.ndarray:
+        """The tile of a metadata/question row as uint8 RGB (H, W, 3)."""
+        from PIL import Image
+
+        path = self.image_path(row)
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except (FileNotFoundError, OSError) as err:
+            raise PathkitError(f"{path}: cannot read image ({err.__class__.__name__})") from err
+
+
+def tile_scale(tile_size: int) -> float:
+    """Magnification of the painted tissue: 1 up to 96 px tiles, growing to 3x at >= 288 px."""
+    return float(np.clip(tile_size / 96.0, 1.0, 3.0))
+
+
+def split_sizes(tiles_per_class: int, heldout_fraction: float) -> tuple[int, int]:
+    """(train, heldout) counts per class; at least one held-out tile and one training tile when possible."""
+    heldout = max(1, int(round(tiles_per_class * heldout_fraction)))
+    if tiles_per_class > 1:
+        heldout = min(heldout, tiles_per_class - 1)
+    return tiles_per_class - heldout, heldout
+
+
+def _build_params(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
+    return {"seed": int(seed), "tile_size": cfg.tile_size, "tiles_per_class": cfg.tiles_per_class,
+            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 1}
+
+
+def _is_complete(ds: TileDataset, params: dict[str, Any]) -> bool:
+    done = ds.paths["done"]
+    if not done.exists():
+        return False
+    try:
+        built = read_json(done)
+    except PathkitError:
+        return False
+    return isinstance(built, dict) and all(built.get(k) == v for k, v in params.items())
+
+
+def make_tile_record(label: str, index: int, split_index: int, seed: int, tile_size: int
+                     ) -> tuple[np.ndarray, dict[str, Any], list[dict[str, Any]]]:
+    """Render one tile and write its text: (image, metadata row without split/image, questions).
+
+    ``split_index`` (position of the tile inside its class and split) alternates the yes/no answers and,
+    for tumour, whether mitoses are present, so closed questions are balanced and chance is 0.5.
+    """
+    class_index = CLASSES.index(label)
+    rng = np.random.default_rng([seed, class_index, index])
+    text_rng = np.random.default_rng([seed, class_index, index, 1])
+    attrs = sample_attributes(label, rng)
+    if label == "tumor":
+        attrs["mitoses"] = split_index % 2 == 1
+    attrs["scale"] = tile_scale(tile_size)
+    image = render_tissue(label, tile_size, tile_size, rng, **attrs)
+    caption = caption_for(label, attrs, text_rng)
+    questions = questions_for(label, attrs, text_rng, yes=split_index % 2 == 0)
+    row = {"id": f"{label}_{index:05d}", "label": label, "attributes": attrs, "caption": caption}
+    return image, row, questions
+
+
+def _llava_records(row: dict[str, Any], questions: list[dict[str, Any]], rng: np.random.Generator
+                   ) -> list[dict[str, Any]]:
+    prompt = CAPTION_PROMPTS[int(rng.integers(0, len(CAPTION_PROMPTS)))]
+    caption = {"id": f"{row['id']}_caption", "image": row["image"], "label": row["label"], "kind": "caption",
+               "conversations": [{"from": "human", "value": f"<image>\n{prompt}"},
+                                 {"from": "gpt", "value": row["caption"]}]}
+    turns = []
+    for i, q in enumerate(questions):
+        turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + q["text"]})
+        turns.append({"from": "gpt", "value": q["answer"]})
+    qa = {"id": f"{row['id']}_qa", "image": row["image"], "label": row["label"], "kind": "qa",
+          "conversations": turns}
+    return [caption, qa]
+
+
+def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0,
+                        progress: bool = True) -> TileDataset:
+    """Build the tile folder under ``root``, or reuse it when ``done.json`` says it is complete.
+
+    A folder without ``done.json`` (an interrupted build) or built with other parameters is wiped and
+    rebuilt. ``cfg.tiles_per_class`` tiles of each class in ``CLASSES`` at ``cfg.tile_size`` px.
+    """
+    import cv2
+    from tqdm.auto import tqdm
+
+    ds = TileDataset.at(root)
+    params = _build_params(cfg, seed)
+    if _is_complete(ds, params):
+        return ds
+    for key, name in _FILES.items():  # stale or partial: start clean (only our own files)
+        target = ds.root / name
+        if key == "images" and target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    ds.paths["images"].mkdir(parents=True, exist_ok=True)
+
+    n_train, n_heldout = split_sizes(cfg.tiles_per_class, cfg.heldout_fraction)
+    metadata: list[dict[str, Any]] = []
+    llava: dict[str, list] = {"train": [], "heldout": []}
+    questions: dict[str, list] = {"train": [], "heldout": []}
+    jobs = [(label, i) for label in CLASSES for i in range(cfg.tiles_per_class)]
+    for label, i in tqdm(jobs, desc="synthetic tiles", disable=not progress, leave=False):
+        split = "train" if i < n_train else "heldout"
+        split_index = i if split == "train" else i - n_train
+        image, row, qs = make_tile_record(label, i, split_index, seed, cfg.tile_size)
+        rel = f"images/{row['id']}.png"
+        if not cv2.imwrite(str(ds.root / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise PathkitError(f"{ds.root / rel}: could not write PNG")
+        row = {"id": row["id"], "image": rel, "label": label, "attributes": row["attributes"],
+               "caption": row["caption"], "split": split}
+        metadata.append(row)
+        llava[split].extend(_llava_records(row, qs, np.random.default_rng([seed, CLASSES.index(label), i, 2])))
+        for q in qs:
+            questions[split].append({"question_id": f"{row['id']}_{q['category']}", "image": rel,
+                                     "text": q["text"], "answer": q["answer"], "answer_type": q["answer_type"],
+                                     "category": q["category"], "label": label})
+    write_jsonl(ds.paths["metadata"], metadata)
+    for split in ("train", "heldout"):
+        write_json(ds.paths[f"{split}_llava"], llava[split], indent=1)
+        write_jsonl(ds.paths[f"{split}_questions"], questions[split])
+    write_json(ds.paths["done"], {**params, "tiles": len(metadata), "train_per_class": n_train,
+                                  "heldout_per_class": n_heldout})
+    return ds
