@@ -140,6 +140,7 @@ class WSIConfig(ConfigBase):
     thumbnail_size: int = 1024  # longest side of the thumbnail the tissue mask is computed on
     batch_size: int = 64
     num_workers: int = 0
+    encoder: str = "tiny"  # tile encoder for slide features (load_encoder name/path; seeds: gigapath)
 
     def validate(self) -> None:
         self.check("mpp", self.mpp > 0, "must be > 0 microns per pixel")
