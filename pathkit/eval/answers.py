@@ -1,0 +1,171 @@
+"""Answer an evaluation questions file with a trained model, in LLaVA's answer format, resumably.
+
+Each finished answer is appended (flushed, fsynced) to the output journal; a rerun skips question_ids already
+answered, so a killed run resumes where it stopped and never writes a question twice. Images are resolved
+relative to the questions file; an ``.h5`` image is a slide feature file (WSI-LLaVA) and is passed as
+``slide_features``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
+
+ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
+
+
+def answered_ids(out_jsonl: str | Path) -> set[str]:
+    """question_ids already in an answers journal (a torn last line is ignored)."""
+    path = Path(out_jsonl)
+    if not path.exists():
+        return set()
+    return {str(row["question_id"]) for _, row in iter_jsonl(path, strict=False) if "question_id" in row}
+
+
+def resolve_image(image: Any, base: Path) -> Path | None:
+    """An image path relative to the questions file (absolute paths kept); None for text-only questions."""
+    if image in (None, ""):
+        return None
+    if isinstance(image, list):
+        image = image[0] if image else None
+        if image is None:
+            return None
+    path = Path(str(image))
+    return path if path.is_absolute() else base / path
+
+
+def load_visual(path: Path | None) -> tuple[str, Any]:
+    """``("image", PIL.Image)`` or ``("slide", features tensor (N, D))`` or ``("none", None)``."""
+    if path is None:
+        return "none", None
+    if not path.exists():
+        raise PathkitError(f"{path}: image not found")
+    if path.suffix in (".h5", ".hdf5"):
+        import torch
+
+        from pathkit.wsi.features import read_features
+
+        _, feats, _ = read_features(path)
+        return "slide", torch.from_numpy(feats)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return "image", im.convert("RGB")
+    except OSError as err:
+        raise PathkitError(f"{path}: cannot read image ({err})") from err
+
+
+def _answer_batch(model: Any, prompts: list[str], kinds: list[str], visuals: list[Any],
+                  max_new_tokens: int) -> list[str]:
+    """Call ``model.answer`` for one batch of one visual kind."""
+    kind = kinds[0]
+    if kind == "slide":
+        return list(model.answer(prompts, slide_features=visuals, max_new_tokens=max_new_tokens))
+    if kind == "image":
+        return list(model.answer(prompts, images=visuals, max_new_tokens=max_new_tokens))
+    return list(model.answer(prompts, max_new_tokens=max_new_tokens))
+
+
+def generate_answers(model_dir: str | Path | None, questions_jsonl: str | Path, out_jsonl: str | Path,
+                     batch_size: int = 8, max_new_tokens: int = 32, model: Any = None,
+                     model_id: str | None = None, failures_path: str | Path | None = None,
+                     progress: bool = True,
+                     on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Answer every question not yet in ``out_jsonl``; batched greedy decoding through ``model.answer``.
+
+    Args:
+        model_dir: a ``VisionLanguageModel.save_pretrained`` folder (ignored when ``model`` is given).
+        questions_jsonl: evaluation questions (``question_id``, ``image``, ``text``, ...).
+        out_jsonl: the answers journal (LLaVA format); appended to, never rewritten.
+        model: an already loaded model with ``.answer(prompts, images=..., max_new_tokens=...)``.
+        failures_path: where per-question failures are written (default ``<out>.failures.jsonl``).
+        on_batch: called with the number of answers written after each batch (tests stop runs with it).
+
+    Returns ``{"answered", "skipped", "failed", "out"}``; failures are in ``failures.jsonl`` and the caller
+    exits non-zero when any question failed.
+    """
+    questions_jsonl = Path(questions_jsonl)
+    out_jsonl = Path(out_jsonl)
+    if model is None:
+        if model_dir is None:
+            raise PathkitError("generate_answers: give model_dir or model")
+        from pathkit.models.vlm import VisionLanguageModel
+
+        model = VisionLanguageModel.from_pretrained(model_dir)
+        if hasattr(model, "eval"):
+            model.eval()
+    model_id = model_id or (Path(model_dir).name if model_dir is not None else type(model).__name__)
+    failures = FailureLog(failures_path or out_jsonl.with_name(out_jsonl.stem + ".failures.jsonl"))
+    done = answered_ids(out_jsonl)
+    todo: list[tuple[int, dict[str, Any]]] = []
+    for lineno, row in iter_jsonl(questions_jsonl):
+        for key in ("question_id", "text"):
+            if key not in row:
+                raise PathkitError(f"{questions_jsonl}:{lineno}: missing field '{key}'")
+        if str(row["question_id"]) not in done:
+            todo.append((lineno, row))
+    skipped = len(done)
+    base = questions_jsonl.parent
+    answered = 0
+
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    no_grad = contextlib.nullcontext()
+    try:
+        import torch
+
+        no_grad = torch.inference_mode()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    bar = tqdm(total=len(todo), desc="answers", disable=not progress)
+    with JsonlAppender(out_jsonl) as journal, no_grad:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            loaded: list[tuple[dict[str, Any], str, Any]] = []
+            for lineno, row in chunk:
+                try:
+                    kind, visual = load_visual(resolve_image(row.get("image"), base))
+                    loaded.append((row, kind, visual))
+                except PathkitError as err:
+                    failures.add(f"{questions_jsonl}:{lineno} question_id={row['question_id']}", err)
+            # one call per visual kind so images and slides never share a batch
+            for kind in ("image", "slide", "none"):
+                group = [(r, v) for r, k, v in loaded if k == kind]
+                if not group:
+                    continue
+                prompts = [str(r["text"]) for r, _ in group]
+                try:
+                    texts = _answer_batch(model, prompts, [kind] * len(group), [v for _, v in group],
+                                          max_new_tokens)
+                except Exception as err:  # a model failure on a batch: record each question, go on
+                    for r, _ in group:
+                        failures.add(f"question_id={r['question_id']}", err)
+                    continue
+                for (row, _), text in zip(group, texts):
+                    journal.append(_answer_row(row, text, model_id))
+                    answered += 1
+            bar.update(len(chunk))
+            if on_batch is not None:
+                on_batch(answered)
+    bar.close()
+    failures.write()
+    return {"answered": answered, "skipped": skipped, "failed": len(failures), "out": str(out_jsonl),
+            "failures": failures}
+
+
+def _answer_row(question: dict[str, Any], text: str, model_id: str) -> dict[str, Any]:
+    return {"question_id": question["question_id"], "prompt": question["text"], "text": str(text).strip(),
+            "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": {}}
+
+
+def answers_in_order(out_jsonl: str | Path, question_ids: Sequence[Any]) -> list[str]:
+    """Answer texts in the order of ``question_ids`` ("" for a missing one)."""
+    by_id = {str(r["question_id"]): r.get("text", "") for _, r in iter_jsonl(out_jsonl, strict=False)}
+    return [by_id.get(str(q), "") for q in question_ids]

@@ -1,0 +1,72 @@
+"""``pathkit eval ...``: answer a benchmark with a trained model, score answers, convert benchmark files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+eval_app = typer.Typer(help="Evaluate models: answer questions, score answers, convert benchmark files.",
+                       no_args_is_help=True)
+
+
+@eval_app.command("answers")
+def answers_cmd(
+    model_dir: Path = typer.Argument(..., help="a VisionLanguageModel.save_pretrained folder"),
+    questions: Path = typer.Argument(..., help="questions JSONL (question_id, image, text, answer, answer_type)"),
+    out: Path = typer.Option(..., "--out", help="answers JSONL (LLaVA format); resumed if it exists"),
+    batch_size: int = typer.Option(8, help="questions per greedy generate call"),
+    max_new_tokens: int = typer.Option(32, help="tokens generated per answer"),
+) -> None:
+    """Answer every question with greedy decoding; rerun to resume (answered question_ids are skipped)."""
+    from pathkit.eval.answers import generate_answers
+    from pathkit.io import PathkitError
+
+    if not model_dir.is_dir():
+        raise PathkitError(f"{model_dir}: model folder not found")
+    res = generate_answers(model_dir, questions, out, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    typer.echo(f"answered {res['answered']}, already done {res['skipped']}, failed {res['failed']} -> {out}")
+    if res["failed"]:
+        raise PathkitError(res["failures"].summary("question"))
+
+
+@eval_app.command("score")
+def score_cmd(
+    answers: Path = typer.Option(..., "--answers", help="answers JSONL (question_id, text)"),
+    questions: Path = typer.Option(..., "--questions", help="questions JSONL with ground-truth answers"),
+    out: Path = typer.Option(..., "--out", help="metrics JSON"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals (0: none)"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+) -> None:
+    """Closed accuracy (pathkit + the seeds' variants), open recall, exact match, BLEU, ROUGE-L, METEOR."""
+    from pathkit.eval.score import score_files
+
+    res = score_files(answers, questions, out, n_boot=bootstrap, seed=seed)
+
+    def fmt(m):
+        return "n/a" if m["value"] is None else f"{m['value']:.3f}"
+
+    variants = ", ".join(f"{k} {fmt(v)}" for k, v in res["closed_accuracy_variants"].items())
+    typer.echo(f"closed {res['n_closed']}: accuracy {fmt(res['closed_accuracy'])} ({variants}); "
+               f"open {res['n_open']}: recall {fmt(res['open_recall'])}, BLEU-4 {fmt(res['bleu_4'])} -> {out}")
+
+
+@eval_app.command("convert")
+def convert_cmd(
+    benchmark: str = typer.Argument(..., help="pathvqa, quilt_vqa, quilt_vqa_red, pmc_vqa, wsi_bench, slake, "
+                                              "vqa_rad, mmmu_med"),
+    source: Path = typer.Argument(..., help="the downloaded file (JSON, JSONL, CSV or parquet)"),
+    out: Path = typer.Option(..., "--out", help="questions JSONL in pathkit's evaluation format"),
+    image_root: Path = typer.Option(None, help="folder the benchmark's image paths are relative to"),
+) -> None:
+    """Convert a downloaded benchmark file to the evaluation questions format (closed questions get options)."""
+    from pathkit.eval.loaders import load_benchmark, write_questions
+
+    rows = load_benchmark(benchmark, source, image_root=image_root, image_dir=out.parent / f"{out.stem}_images")
+    write_questions(out, rows)
+    n_closed = sum(r["answer_type"] == "CLOSED" for r in rows)
+    typer.echo(f"{len(rows)} questions ({n_closed} closed) -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
