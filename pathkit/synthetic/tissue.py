@@ -237,7 +237,7 @@ def _paint_stroma(h, w, rng, attrs, scale):
     n = _count(float(attrs.get("nuclear_density", 0.05)), h, w, np.pi * radius * radius * scale * scale,
                10 * scale, rng)
     centers = _positions(rng, n, h, w, 10 * scale)
-    angles = np.deg2rad(angle) + np.pi / 2 + rng.normal(0, 0.15, n)  # along the fibres
+    angles = np.deg2rad(angle) + rng.normal(0, 0.15, n)  # along the fibres
     _nuclei(ch, rng, centers, radius, 0.3, 0.12, 1.25, 0.15, irregularity=0.05, angle=angles, scale=scale)
     return ch, ce
 
@@ -365,7 +365,8 @@ def stain_to_rgb(ch: np.ndarray, ce: np.ndarray, stain: dict[str, Any] | None = 
         neg_od = cv2.addWeighted(ch, -od_h[c], ce, -od_e[c], -bg)  # (H, W) float32
         intensity = cv2.exp(neg_od)
         if noise is not None:
-            intensity = cv2.max(cv2.scaleAdd(intensity, 255.0, noise), 0.0)
+            intensity = cv2.scaleAdd(intensity, 255.0, noise)
+            np.maximum(intensity, 0.0, out=intensity)
             channels.append(cv2.convertScaleAbs(intensity))  # |x| then saturating cast to uint8
         else:
             channels.append(cv2.convertScaleAbs(intensity, alpha=255.0))
