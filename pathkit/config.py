@@ -249,11 +249,21 @@ class LongNetConfig(ConfigBase):
     dilation_rates: tuple[int, ...] = (1, 2, 4, 8, 16)
     mask_padding: bool = False
     tile_size: int = 256  # coordinates are divided by this to give the 2-D position grid
+    slide_ngrids: int = 1000  # Prov-GigaPath's position grid is slide_ngrids x slide_ngrids cells
+    mlp_ratio: float = 4.0  # feed-forward width = mlp_ratio * dim (3072 for Prov-GigaPath)
     dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth, linearly increasing to this value at the last layer
+    global_pool: bool = False  # slide embedding: False = CLS token, True = mean over tile tokens
     gradient_checkpointing: bool = False
 
     def validate(self) -> None:
-        self.check("dim", self.dim % self.heads == 0, f"must be divisible by heads={self.heads}")
+        self.check("dim", self.dim % self.heads == 0 and self.dim % 4 == 0,
+                   f"must be divisible by heads={self.heads} and by 4 (2-D sin-cos positions)")
+        self.check("segment_lengths", all(w >= 1 for w in self.segment_lengths), "must all be >= 1")
+        self.check("mlp_ratio", self.mlp_ratio > 0, "must be > 0")
+        self.check("slide_ngrids", self.slide_ngrids >= 1, "must be >= 1")
+        self.check("dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
+        self.check("drop_path", 0 <= self.drop_path < 1, "must be in [0, 1)")
         self.check("segment_lengths", len(self.segment_lengths) == len(self.dilation_rates) > 0,
                    f"needs one per dilation rate ({len(self.dilation_rates)})")
         self.check("dilation_rates", all(r >= 1 for r in self.dilation_rates), "must all be >= 1")
