@@ -1,0 +1,210 @@
+"""Causal language models: any transformers causal LM by hub id or local folder, or a tiny random-init Llama.
+
+``load_llm(name_or_path)`` returns ``(model, tokenizer)``. Names:
+
+``tiny``      a random-init ``LlamaForCausalLM`` (hidden 64, 2 layers) with a byte-level BPE tokenizer trained
+              offline on a built-in pathology + English corpus; built once with a fixed seed, saved under
+              ``pathkit.paths.cache_dir()/llm/tiny`` and loaded back with ``from_pretrained``, the same path real
+              weights take.
+``tiny-gpu``  the same recipe, bigger (hidden 512, 8 layers), for the gpu preset.
+anything else a transformers hub id (e.g. ``lmsys/vicuna-7b-v1.5``) or a local folder.
+
+Every tokenizer leaves here with a pad token and the ``<image>`` placeholder token; when a real tokenizer lacks
+``<image>`` it is added and the embeddings are resized (as the llava-hf checkpoints do), so a checkpoint that was
+trained through pathkit always reloads through the same two steps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pathkit.io import PathkitError
+from pathkit.models.conversation import IMAGE_TOKEN
+from pathkit.paths import cache_dir
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN,
+                  "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<|user|>", "<|assistant|>")
+
+TINY_SPECS = {
+    # name: LlamaConfig sizes
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024),
+    "tiny-gpu": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                     num_key_value_heads=4, max_position_embeddings=4096),
+}
+TINY_VOCAB_SIZE = 2048
+TINY_SEED = 1234
+
+# The tokenizer's training corpus: the words of pathkit's synthetic captions, questions and reports, the chat
+# templates, and everyday English, so common words are single tokens. Byte-level BPE still encodes any text.
+_PATHOLOGY_WORDS = """
+tumor tumour stroma stromal lymphocytes lymphocyte lymphocytic necrosis necrotic gland glands glandular adipose
+fat fatty tissue tissues cell cells nuclei nucleus nuclear density dense sparse grade grades low intermediate high
+mitoses mitosis mitotic figures pleomorphism pleomorphic atypia atypical hyperchromatic chromatin nucleoli
+eosinophilic basophilic cytoplasm cytoplasmic membrane collagen fibrous fibroblasts desmoplastic inflammatory
+inflammation infiltrate infiltrating immune lumen lumens crypts epithelium epithelial mucin mucinous vacuoles
+vacuolated debris karyorrhexis apoptotic haematoxylin hematoxylin eosin stain stained staining h&e ihc
+immunohistochemistry slide slides whole wsi patch patches tile tiles region regions field view magnification
+microscope microscopy micrograph histology histological histopathology pathology pathologist pathological
+carcinoma adenocarcinoma sarcoma lymphoma benign malignant invasive invasion metastasis metastatic neoplasm
+neoplastic lesion lesions margin margins diagnosis diagnostic differential prognosis report morphology
+architecture pattern patterns solid sheets nests cords trabecular cribriform papillary acinar tubular
+well moderately poorly differentiated differentiation hyperplasia dysplasia squamous colon colorectal breast lung
+liver kidney prostate stomach skin lymph node vessel vessels blood red cells erythrocytes capillaries
+round oval spindle elongated irregular regular uniform variable size shape large small scattered clustered
+clusters abundant scant moderate mild marked severe focal diffuse present absent visible seen shows showing
+contains containing composed consists predominantly mostly mainly area areas percent fraction proportion
+yes no true false option options choice answer question image picture photo
+"""
+_ENGLISH = """
+the a an of and or in on at to from with without by for is are was were be been being has have had do does did
+this that these those there here which what where when why how who whom whose it its they them their we you i
+he she his her our your my me us can could would should may might must will shall not any some all each every
+more most less least many much few one two three four five six seven eight nine ten first second third last
+next above below left right top bottom center middle upper lower near far between within into over under
+describe described description explain identify identified classify classified type kind class category
+please tell me about see look observe observed appear appears appearance feature features finding findings
+likely unlikely consistent suggest suggests suggestive compatible typical example examples evidence based
+than then also only very quite rather about approximately around mostly the image shows a
+user assistant system chat curious artificial intelligence gives helpful detailed polite answers questions
+A chat between a curious user and an artificial intelligence assistant.
+The assistant gives helpful, detailed, and polite answers to the user's questions.
+USER: ASSISTANT: You are a helpful pathology assistant.
+"""
+
+
+def _tiny_corpus() -> list[str]:
+    """Sentences the tiny tokenizer is trained on (deterministic)."""
+    words = _PATHOLOGY_WORDS.split() + _ENGLISH.split()
+    lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
+    lines += [w.capitalize() for w in _PATHOLOGY_WORDS.split()]
+    lines += [
+        "Is there tumor in this image? Yes.", "Is there necrosis in this image? No.",
+        "What tissue type is shown? A) tumor B) stroma C) lymphocytes D) necrosis E) gland F) adipose",
+        "Answer with the option's letter from the given choices directly.",
+        "Answer with yes or no.", "The image shows tumor with high nuclear density and many mitoses.",
+        "Describe the tissue in this image.", "What is the diagnosis of this whole slide image?",
+    ]
+    try:  # the synthetic text generator's own words, when that module is present
+        from pathkit.synthetic import text as synthetic_text  # type: ignore[attr-defined]
+
+        lines += list(getattr(synthetic_text, "VOCABULARY", ()))
+    except Exception:  # noqa: BLE001 - optional enrichment; the built-in corpus is complete on its own
+        pass
+    return lines * 4  # repetition makes whole words win BPE merges
+
+
+def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = TINY_VOCAB_SIZE):
+    """Train a byte-level BPE tokenizer offline and save it as a transformers tokenizer folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<unk>", "<s>", "</s>", "<pad>")],
+        model_max_length=4096, padding_side="right",
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def build_tiny_llm(out_dir: str | Path, name: str = "tiny", seed: int = TINY_SEED) -> Path:
+    """Build a random-init Llama-style causal LM + tokenizer with a fixed seed and save them to ``out_dir``."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    if name not in TINY_SPECS:
+        raise PathkitError(f"tiny LLM {name!r}: must be one of {sorted(TINY_SPECS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(out_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False, rms_norm_eps=1e-6, **TINY_SPECS[name])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def tiny_llm_dir(name: str = "tiny") -> Path:
+    """The cache folder of a tiny LLM, built on first use (atomically: a half-built folder is never visible)."""
+    final = cache_dir() / "llm" / name
+    if (final / "config.json").exists() and (final / "tokenizer.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
+    try:
+        build_tiny_llm(tmp, name=name)
+        try:
+            os.replace(tmp, final)  # another process may have won the race; its folder is identical
+        except OSError:
+            pass
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _resolve(name_or_path: str | Path) -> str:
+    text = str(name_or_path)
+    if text in TINY_SPECS:
+        return str(tiny_llm_dir(text))
+    if Path(text).expanduser().is_dir():
+        return str(Path(text).expanduser())
+    if Path(text).expanduser().exists():
+        raise PathkitError(f"{text}: an LLM must be a folder (config.json + weights), not a file")
+    return text  # a hub id
+
+
+def prepare_tokenizer(tokenizer, model=None):
+    """Give a tokenizer a pad token and the ``<image>`` token (resizing ``model``'s embeddings if one was added)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]},
+                                     replace_extra_special_tokens=False)
+    if model is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer
+
+
+def load_llm(name_or_path: str | Path = "tiny", dtype=None, device: str = "cpu"):
+    """Load a causal LM and its tokenizer: ``tiny``, ``tiny-gpu``, a hub id or a local folder.
+
+    Args:
+        name_or_path: see the module docstring.
+        dtype: a torch dtype or its name (``"bfloat16"``); ``None`` keeps the checkpoint's.
+        device: where to put the model.
+
+    Returns:
+        ``(model, tokenizer)``; the tokenizer has a pad token and ``<image>``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _resolve(name_or_path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype) if dtype is not None \
+            else AutoModelForCausalLM.from_pretrained(source)
+    except OSError as err:
+        raise PathkitError(f"LLM {name_or_path!r}: cannot load ({str(err).splitlines()[0]})") from err
+    prepare_tokenizer(tokenizer, model)
+    return model.to(device), tokenizer
