@@ -287,7 +287,7 @@ def _tiff_compression(compression: str) -> Any:
 def write_slide(path: str | Path, width: int, height: int, mpp: float = 0.5, seed: int = 0, fmt: str = "tiff",
                 compression: str = "jpeg", diagnosis: str | None = None, tile: int = 256, *,
                 level_factor: int = 2, quality: int = 80, fast: bool = False, labels_max: int = 2048,
-                workers: int = 2) -> SlideTruth:
+                workers: int = 2, record_mpp: bool = True) -> SlideTruth:
     """Write a pyramidal synthetic slide and its ground truth; returns the :class:`SlideTruth`.
 
     Args:
@@ -301,6 +301,7 @@ def write_slide(path: str | Path, width: int, height: int, mpp: float = 0.5, see
         quality: JPEG quality. fast: texture-bank painting for giant slides (benchmarks).
         labels_max: longest side of the label map; its downsample is the smallest power of 2 that fits.
         workers: threads painting/encoding tiles.
+        record_mpp: False writes no physical resolution (a slide without mpp, to test that error path).
     """
     import tifffile
 
@@ -311,6 +312,8 @@ def write_slide(path: str | Path, width: int, height: int, mpp: float = 0.5, see
         raise PathkitError(f"{path}: fmt={fmt!r}: must be tiff or svs")
     if compression not in ("jpeg", "zlib", "deflate", "none"):
         raise PathkitError(f"{path}: compression={compression!r}: must be jpeg, zlib or none")
+    if fmt == "svs" and not record_mpp:
+        raise PathkitError(f"{path}: an Aperio slide always records its MPP (use fmt='tiff')")
     if fmt == "svs" and compression != "jpeg":
         raise PathkitError(f"{path}: the Aperio format needs compression='jpeg'")
     if tile % 16 or tile < 16:
@@ -385,6 +388,9 @@ def write_slide(path: str | Path, width: int, height: int, mpp: float = 0.5, see
     if compression == "jpeg":
         common["subsampling"] = (2, 2)
     res = (1e4 / mpp, 1e4 / mpp)
+    unit = "CENTIMETER" if record_mpp else "NONE"
+    if not record_mpp:
+        res = (1.0, 1.0)
     try:
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
             description = None
@@ -392,13 +398,13 @@ def write_slide(path: str | Path, width: int, height: int, mpp: float = 0.5, see
                 description = (f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] "
                                f"({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {10.0 / mpp:g}|MPP = {mpp:g}"
                                f"|Filename = {path.stem}|pathkit = synthetic seed {seed}")
-            tw.write(level0_tiles(), shape=(height, width, 3), resolution=res, resolutionunit="CENTIMETER",
+            tw.write(level0_tiles(), shape=(height, width, 3), resolution=res, resolutionunit=unit,
                      description=description, **common)
             for k in range(1, len(dims)):
                 w, h = dims[k]
                 f = width / w
                 tw.write(level_tiles(k), shape=(h, w, 3), subfiletype=1, resolution=(res[0] / f, res[1] / f),
-                         resolutionunit="CENTIMETER", **common)
+                         resolutionunit=unit, **common)
                 levels[k] = None  # free the buffer
     finally:
         pool.shutdown()

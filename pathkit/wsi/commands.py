@@ -1,0 +1,62 @@
+"""``pathkit tile`` and ``pathkit extract``: whole slides -> tile coordinates -> tile features (HDF5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def tile(
+    slides: list[Path] = typer.Argument(..., help="slide files (any format openslide reads)"),
+    out: Path = typer.Option(..., "--out", help="output folder: <stem>.h5 (coords) and <stem>.png per slide"),
+    mpp: float = typer.Option(0.5, help="microns per pixel of the tiles (0.5 = 20x, as Prov-GigaPath)"),
+    size: int = typer.Option(256, help="tile edge in pixels at --mpp"),
+    min_tissue: float = typer.Option(0.1, help="keep tiles whose tissue fraction is at least this"),
+    slide_mpp: float = typer.Option(None, help="level-0 mpp to use when the slide states none (or is wrong)"),
+    overlap: int = typer.Option(0, help="overlap between neighbouring tiles, in pixels at --mpp"),
+    thumbnail_size: int = typer.Option(1024, help="longest side of the thumbnail the tissue mask uses"),
+    no_figure: bool = typer.Option(False, "--no-figure", help="skip the per-slide PNG"),
+) -> None:
+    """Tissue mask + tile grid at a true magnification: DIR/<stem>.h5 coords (level-0 x, y) + DIR/<stem>.png.
+
+    Slides whose output is already complete are skipped; a bad slide is listed in DIR/failures.jsonl and the
+    command exits non-zero after finishing the others.
+    """
+    from pathkit.wsi.pipeline import tile_slides
+
+    summary = tile_slides(slides, out, mpp=mpp, size=size, min_tissue=min_tissue, overlap=overlap,
+                          slide_mpp=slide_mpp, thumbnail_size=thumbnail_size, figure=not no_figure)
+    _finish(summary)
+
+
+def extract(
+    source: Path = typer.Argument(..., help="folder of coords files from `pathkit tile` (or one .h5)"),
+    encoder: str = typer.Option(..., "--encoder", help="tiny, plip, gigapath, uni, a hub id or a local dir"),
+    out: Path = typer.Option(..., "--out", help="output folder: <stem>.h5 with coords + features"),
+    batch_size: int = typer.Option(64, help="tiles per forward pass"),
+    workers: int = typer.Option(2, help="DataLoader worker processes reading tiles"),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto"),
+    slide_mpp: float = typer.Option(None, help="level-0 mpp override used when the tiles were planned"),
+) -> None:
+    """Encode every tile listed in SOURCE with an encoder -> OUT/<stem>.h5 (coords, features, attrs).
+
+    Batched, several loader workers, bf16 autocast + channels_last on GPU; prints tiles/s. Complete outputs
+    are skipped (resume); failures go to OUT/failures.jsonl and give a non-zero exit.
+    """
+    from pathkit.wsi.pipeline import extract_features
+
+    summary = extract_features(source, encoder, out, batch_size=batch_size, workers=workers, device=device,
+                               slide_mpp=slide_mpp)
+    _finish(summary)
+
+
+def _finish(summary) -> None:
+    typer.echo(summary.line())
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tile")(tile)
+    app.command("extract")(extract)

@@ -1,0 +1,313 @@
+"""Slides -> tile coordinates -> tile features, as resumable batch jobs.
+
+``tile_slides``: per slide, tissue mask + grid at a true mpp -> ``<out>/<stem>.h5`` (coords) and
+``<out>/<stem>.png`` (thumbnail, mask outline, kept tiles).
+``extract_features``: per coords file, read the tiles (DataLoader workers, each with its own openslide
+handle), encode them in batches (bf16 autocast and channels_last on GPU) -> ``<out>/<stem>.h5`` with
+``coords`` + ``features``.
+
+Both skip slides whose output is already complete (outputs are written under a temporary name and renamed,
+so a killed run never leaves a partial file under its final name), continue past a bad slide, list failures
+(file, one-line reason) in ``<out>/failures.jsonl`` and return a summary with throughput.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathkit.io import FailureLog, PathkitError, write_json, write_jsonl
+from pathkit.wsi.features import is_complete, read_features, write_features
+from pathkit.wsi.tiling import TilePlan
+
+
+@dataclass
+class BatchSummary:
+    """What a batch job did: counts, failures and throughput."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    tiles: int = 0
+    seconds: float = 0.0
+    load_wait_seconds: float = 0.0  # time the model waited for the loader (extraction)
+    compute_seconds: float = 0.0  # time in the model (extraction)
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self, what: str = "slide") -> str:
+        text = (f"{len(self.done)} {what}(s) done, {len(self.skipped)} already complete, "
+                f"{len(self.failed)} failed; {self.tiles} tiles in {self.seconds:.1f} s "
+                f"({self.tiles_per_second:.1f} tiles/s)")
+        if self.failed:
+            item, reason = self.failed[0]["item"], self.failed[0]["reason"]
+            text += f"; first failure: {reason if Path(item).name in reason else f'{item}: {reason}'}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "skipped": self.skipped, "failed": self.failed, "tiles": self.tiles,
+                "seconds": round(self.seconds, 3), "tiles_per_second": round(self.tiles_per_second, 2),
+                "load_wait_seconds": round(self.load_wait_seconds, 3),
+                "compute_seconds": round(self.compute_seconds, 3)}
+
+
+def _progress(iterable, total: int, desc: str, show: bool):
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="slide")
+
+
+# ------------------------------------------------------------------------------------------------ tiling
+
+
+def tile_slide(slide_path: str | Path, out_dir: str | Path, mpp: float = 0.5, size: int = 256,
+               min_tissue: float = 0.1, overlap: int = 0, slide_mpp: float | None = None,
+               thumbnail_size: int = 1024, figure: bool = True) -> tuple[Path, int]:
+    """Tile one slide: write ``<out>/<stem>.h5`` (coords) and ``<out>/<stem>.png``; returns (path, n tiles)."""
+    from pathkit.wsi.slide import Slide
+    from pathkit.wsi.tiling import plan_tiles, tile_grid
+
+    slide_path = Path(slide_path)
+    out_dir = Path(out_dir)
+    with Slide(slide_path, slide_mpp=slide_mpp) as slide:
+        grid = tile_grid(slide, mpp=mpp, size=size, min_tissue=min_tissue, overlap=overlap,
+                         thumbnail_size=thumbnail_size)
+        plan = grid.plan
+        _check_readable(slide, plan_tiles(slide, mpp, size, overlap), grid.coords)
+        attrs = plan_attrs(plan, slide_path) | {
+            "overlap": int(overlap), "min_tissue": float(min_tissue), "width": slide.dimensions[0],
+            "height": slide.dimensions[1], "vendor": slide.vendor,
+        }
+    out = out_dir / f"{slide_path.stem}.h5"
+    write_features(out, grid.coords, attrs)
+    if figure:
+        from pathkit.viz.slide_figures import tile_grid_figure
+
+        tile_grid_figure(grid.thumbnail, grid.mask.scale, grid.coords, plan.patch_size_level0,
+                         mask=grid.mask.mask, out_path=out_dir / f"{slide_path.stem}.png",
+                         title=f"{slide_path.name}: {len(grid.coords)} tiles of {size} px at {mpp} mpp")
+    return out, len(grid.coords)
+
+
+def _check_readable(slide, plan: TilePlan, coords: np.ndarray) -> None:
+    """Read a few tiles spread over the slide so a truncated file fails here, not halfway through extraction."""
+    from pathkit.wsi.tiling import read_tile
+
+    if len(coords) == 0:
+        return
+    picks = np.unique(np.linspace(0, len(coords) - 1, num=min(len(coords), 8)).astype(int))
+    for i in picks:
+        read_tile(slide, int(coords[i, 0]), int(coords[i, 1]), plan)
+    last = slide.dimensions  # the far corner lives in the last tiles written to level 0
+    slide.read_region(max(0, last[0] - 16), max(0, last[1] - 16), 0, 16, 16)
+
+
+def plan_attrs(plan: TilePlan, slide_path: str | Path) -> dict[str, Any]:
+    """HDF5 attributes of a tile plan (the contract's names plus what is needed to read the tiles again)."""
+    return {
+        "mpp": plan.mpp, "patch_size": plan.size, "patch_size_level0": plan.patch_size_level0,
+        "level": plan.level, "slide": Path(slide_path).name, "slide_path": str(Path(slide_path).resolve()),
+        "slide_mpp": plan.slide_mpp, "downsample": plan.downsample, "read_size": plan.read_size,
+        "stride_level0": plan.stride_level0,
+    }
+
+
+def plan_from_attrs(attrs: dict[str, Any]) -> TilePlan:
+    return TilePlan(mpp=float(attrs["mpp"]), size=int(attrs["patch_size"]), slide_mpp=float(attrs["slide_mpp"]),
+                    level=int(attrs["level"]), downsample=float(attrs["downsample"]),
+                    read_size=int(attrs["read_size"]), patch_size_level0=int(attrs["patch_size_level0"]),
+                    stride_level0=int(attrs["stride_level0"]))
+
+
+def tile_slides(slides: list[str | Path], out_dir: str | Path, mpp: float = 0.5, size: int = 256,
+                min_tissue: float = 0.1, overlap: int = 0, slide_mpp: float | None = None,
+                thumbnail_size: int = 1024, figure: bool = True, progress: bool = True) -> BatchSummary:
+    """Tile many slides (resumable); failures go to ``<out>/failures.jsonl``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = FailureLog(out_dir / "failures.jsonl")
+    summary = BatchSummary()
+    start = time.perf_counter()
+    for slide_path in _progress(slides, len(slides), "tile", progress):
+        slide_path = Path(slide_path)
+        out = out_dir / f"{slide_path.stem}.h5"
+        if is_complete(out) and (not figure or out.with_suffix(".png").is_file()):
+            summary.skipped.append(str(slide_path))
+            continue
+        try:
+            _, n = tile_slide(slide_path, out_dir, mpp=mpp, size=size, min_tissue=min_tissue, overlap=overlap,
+                              slide_mpp=slide_mpp, thumbnail_size=thumbnail_size, figure=figure)
+        except Exception as err:  # one bad slide must not stop the batch
+            failures.add(str(slide_path), err)
+            continue
+        summary.done.append(str(slide_path))
+        summary.tiles += n
+    summary.seconds = time.perf_counter() - start
+    failures.write()
+    summary.failed = list(failures.items)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ features
+
+
+def _device_of(device: str | None) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def encode_slide(coords_file: str | Path, model, preprocess, device: str = "cpu", batch_size: int = 64,
+                 workers: int = 0, slide_mpp: float | None = None, summary: BatchSummary | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Features (N, D) float32 of the tiles listed in a coords file; returns (coords, features, attrs)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pathkit.wsi.dataset import SlideTileDataset, normalize_batch, worker_init
+
+    coords, _, attrs = read_features(coords_file)
+    for key in ("slide_path", "read_size", "slide_mpp", "downsample", "stride_level0"):
+        if key not in attrs:
+            raise PathkitError(f"{coords_file}: missing attribute {key!r} (write coords with `pathkit tile`)")
+    slide_path = Path(attrs["slide_path"])
+    if not slide_path.is_file():  # moved together with the coords file
+        slide_path = Path(coords_file).parent / attrs["slide"]
+    plan = plan_from_attrs(attrs)
+    dataset = SlideTileDataset(slide_path, coords, plan, resize=preprocess.resize, crop=preprocess.size,
+                               slide_mpp=slide_mpp)
+    if len(dataset):
+        _ = dataset.slide  # open in the main process first: a bad slide fails here with its one-line error
+    cuda = device.startswith("cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=cuda,
+                        worker_init_fn=worker_init if workers else None,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    mean = torch.as_tensor(preprocess.mean.ravel())
+    std = torch.as_tensor(preprocess.std.ravel())
+    dim = int(getattr(model, "dim", 0)) or None
+    chunks: list[np.ndarray] = []
+    wait = compute = 0.0
+    t_wait = time.perf_counter()
+    with torch.inference_mode():
+        for tiles, _xy in loader:
+            t0 = time.perf_counter()
+            wait += t0 - t_wait
+            x = normalize_batch(tiles.to(device, non_blocking=True), mean, std)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = model(x)
+            else:
+                out = model(x)
+            chunks.append(out.float().cpu().numpy())
+            t_wait = time.perf_counter()
+            compute += t_wait - t0
+    features = np.concatenate(chunks) if chunks else np.zeros((0, dim or 0), np.float32)
+    if summary is not None:
+        summary.load_wait_seconds += wait
+        summary.compute_seconds += compute
+    return coords, features.astype(np.float32), attrs
+
+
+def _coords_files(source: str | Path | list) -> list[Path]:
+    if isinstance(source, (list, tuple)):
+        return [Path(p) for p in source]
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise PathkitError(f"{source}: no such file or directory of coords files")
+    return sorted(p for p in source.glob("*.h5") if not p.name.startswith("."))
+
+
+def extract_features(source: str | Path | list, encoder: str | Path, out_dir: str | Path,
+                     batch_size: int = 64, workers: int = 0, device: str | None = None,
+                     slide_mpp: float | None = None, progress: bool = True) -> BatchSummary:
+    """Encode the tiles of every coords file in ``source`` with ``encoder`` -> ``<out>/<stem>.h5`` (resumable).
+
+    ``source`` may be the output folder itself (coords-only files are then replaced by coords + features).
+    """
+    import torch
+
+    from pathkit.models.encoders import load_encoder
+
+    device = _device_of(device)
+    files = _coords_files(source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = FailureLog(out_dir / "failures.jsonl")
+    summary = BatchSummary()
+    encoder_name = str(encoder)
+    todo = [f for f in files if not is_complete(out_dir / f.name, need_features=True, encoder=encoder_name)]
+    summary.skipped = [str(f) for f in files if f not in todo]
+    if not todo:
+        failures.write()
+        return summary
+    model, preprocess, dim = load_encoder(encoder_name, device=device)
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    model.dim = dim
+    start = time.perf_counter()
+    for coords_file in _progress(todo, len(todo), "extract", progress):
+        try:
+            coords, features, attrs = encode_slide(coords_file, model, preprocess, device=device,
+                                                   batch_size=batch_size, workers=workers,
+                                                   slide_mpp=slide_mpp, summary=summary)
+            attrs = dict(attrs, encoder=encoder_name, feature_dim=int(features.shape[1]))
+            write_features(out_dir / coords_file.name, coords, attrs, features=features)
+        except Exception as err:
+            failures.add(str(coords_file), err)
+            continue
+        summary.done.append(str(coords_file))
+        summary.tiles += len(coords)
+    summary.seconds = time.perf_counter() - start
+    failures.write()
+    summary.failed = list(failures.items)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ notebooks
+
+
+def ensure_wsi_features(workdir: str | Path, cfg, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    """Synthetic slides -> coords -> features under ``workdir`` (reused when complete), for notebooks.
+
+    Layout: ``synthetic/slides/`` (slides + truth), ``wsi/coords/<stem>.h5`` + ``.png``,
+    ``wsi/features/<stem>.h5`` (coords + features from ``cfg.wsi.encoder``), ``wsi/features/index.jsonl``.
+    Returns one record per slide: slide, coords, features, diagnosis, report, truth (paths as strings).
+    """
+    from pathkit.synthetic.slides import ensure_slide_set
+
+    workdir = Path(workdir)
+    truths = ensure_slide_set(workdir / "synthetic" / "slides", cfg.synthetic, seed)
+    coords_dir, feats_dir = workdir / "wsi" / "coords", workdir / "wsi" / "features"
+    w = cfg.wsi
+    tiled = tile_slides([t.slide for t in truths], coords_dir, mpp=w.mpp, size=w.patch_size,
+                        min_tissue=w.min_tissue, overlap=w.overlap, thumbnail_size=w.thumbnail_size,
+                        progress=progress)
+    if tiled.failed:
+        raise PathkitError(f"{coords_dir}: {tiled.line()}")
+    extracted = extract_features(coords_dir, w.encoder, feats_dir, batch_size=w.batch_size,
+                                 workers=w.num_workers, progress=progress)
+    if extracted.failed:
+        raise PathkitError(f"{feats_dir}: {extracted.line()}")
+    records = []
+    for t in truths:
+        stem = Path(t.slide).stem
+        records.append({"slide": t.slide, "coords": str(coords_dir / f"{stem}.h5"),
+                        "features": str(feats_dir / f"{stem}.h5"), "diagnosis": t.diagnosis, "report": t.report,
+                        "truth": str(t.truth_path)})
+    write_jsonl(feats_dir / "index.jsonl", records)
+    if extracted.done:
+        write_json(feats_dir / "extract_summary.json", extracted.to_dict())
+    return records
