@@ -155,6 +155,33 @@ def test_stain_changes_colour_not_structure():
     assert (ma & mb).sum() / max((ma | mb).sum(), 1) > 0.7
 
 
+@pytest.mark.parametrize("label", CLASSES)
+def test_tiles_at_adjacent_origins_join_without_a_seam(label):
+    """Four 64 px tiles painted at their origins equal one 128 px painting of the same field (structures are
+    hashed from absolute coordinates); only pixel-scale grain (chromatin, necrotic granules) may differ."""
+    rng = np.random.default_rng(0)
+    kw = dict(stain=sample_stain(rng), field_seed=7, noise=0.0, **sample_attributes(label, rng))
+    kw["mitoses"] = False
+    whole = render_tissue(label, 128, 128, np.random.default_rng(1), origin=(1000, 500), **kw).astype(int)
+    parts = np.zeros_like(whole)
+    for oy in (0, 64):
+        for ox in (0, 64):
+            parts[oy:oy + 64, ox:ox + 64] = render_tissue(label, 64, 64, np.random.default_rng(2 + ox + oy),
+                                                          origin=(1000 + ox, 500 + oy), **kw)
+    diff = np.abs(whole - parts)
+    if label in ("tumor", "necrosis"):  # grain differs; the blurred images (structures) agree
+        import cv2
+
+        smooth = np.abs(cv2.GaussianBlur(whole.astype(np.float32), (0, 0), 3)
+                        - cv2.GaussianBlur(parts.astype(np.float32), (0, 0), 3))
+        assert smooth.mean() < 4.0, smooth.mean()
+    else:
+        assert diff.mean() < 0.1 and (diff > 10).mean() < 0.002, (diff.mean(), (diff > 10).mean())
+    other = render_tissue(label, 128, 128, np.random.default_rng(1), origin=(1000, 500),
+                          **{**kw, "field_seed": 8}).astype(int)
+    assert np.abs(whole - other).mean() > 3  # the field seed matters
+
+
 def test_attributes_are_json_and_in_range():
     rng = np.random.default_rng(0)
     for label in CLASSES:

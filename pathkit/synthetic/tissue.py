@@ -17,10 +17,11 @@ Classes and what tells them apart (``CLASSES``):
     adipose      large empty polygonal cells with thin pink membranes.
 
 Everything is vectorised numpy + OpenCV (polygon vertices computed for all nuclei at once and filled by OpenCV,
-Voronoi fat cells from ``cv2.distanceTransformWithLabels``), so one call paints tens of megapixels per second
+Voronoi fat cells from ``cv2.distanceTransformWithLabels``), so one call paints several megapixels per second
 and slides of any size can be painted tile by tile. A tile is a pure function of ``(label, size, rng state,
-attrs)``. To make neighbouring tiles of one region look alike, pass the same ``attrs`` (from
-``sample_attributes``) and the same ``stain`` (from ``sample_stain``) to every tile of that region.
+attrs)``. Structures (nuclei, fibres, glands, fat cells, smooth stain variation) are hashed from absolute
+pixel coordinates and a ``field_seed``: tiles painted at adjacent ``origin``s with the same ``field_seed``,
+``attrs`` (from ``sample_attributes``), ``stain`` (from ``sample_stain``) and ``scale`` join without a seam.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def sample_attributes(label: str, rng: np.random.Generator) -> dict[str, Any]:
 
     Every class has ``nuclear_density`` (target fraction of the area covered by nuclei, 0-1), ``grade``
     (1-3 for tumour, None elsewhere) and ``mitoses`` (mitotic figures present; only tumour can have them).
-    Class-specific keys: tumour ``pleomorphism``; stroma ``fibre_angle`` (degrees); necrosis
-    ``karyorrhexis`` (nuclear dust amount, 0-1); gland ``lumen_radius`` (px); adipose ``cell_size`` (px).
+    Class-specific keys: tumour ``pleomorphism``; stroma ``fibre_angle`` (degrees, direction the fibres
+    run) and ``fibre_period`` (px); necrosis ``karyorrhexis`` (nuclear dust amount, 0-1); gland
+    ``lumen_radius`` (px) and ``fibre_angle`` of the stroma between glands; adipose ``cell_size`` (px).
+    Sizes are nominal pixels, multiplied by ``render_tissue``'s ``scale``.
     """
     _check_label(label)
     u = rng.uniform
@@ -75,13 +78,15 @@ def sample_attributes(label: str, rng: np.random.Generator) -> dict[str, Any]:
                      nuclear_density=round(u(0.38, 0.46) + 0.05 * (grade - 1), 3),
                      pleomorphism=round(u(0.15, 0.25) + 0.12 * (grade - 1), 3))
     elif label == "stroma":
-        attrs.update(nuclear_density=round(u(0.03, 0.08), 3), fibre_angle=round(u(0.0, 180.0), 1))
+        attrs.update(nuclear_density=round(u(0.03, 0.08), 3), fibre_angle=round(u(0.0, 180.0), 1),
+                     fibre_period=round(u(5.0, 7.5), 2))
     elif label == "lymphocytes":
         attrs.update(nuclear_density=round(u(0.45, 0.60), 3))
     elif label == "necrosis":
         attrs.update(nuclear_density=round(u(0.02, 0.05), 3), karyorrhexis=round(u(0.4, 1.0), 3))
     elif label == "gland":
-        attrs.update(nuclear_density=round(u(0.10, 0.18), 3), lumen_radius=round(u(7.0, 13.0), 2))
+        attrs.update(nuclear_density=round(u(0.10, 0.18), 3), lumen_radius=round(u(7.0, 13.0), 2),
+                     fibre_angle=round(u(0.0, 180.0), 1))
     elif label == "adipose":
         attrs.update(nuclear_density=round(u(0.002, 0.01), 4), cell_size=round(u(22.0, 34.0), 2))
     return attrs
@@ -92,16 +97,85 @@ def _check_label(label: str) -> None:
         raise ValueError(f"label={label!r}: must be one of {CLASSES}")
 
 
-# --------------------------------------------------------------------------------------------------- primitives
+# --------------------------------------------------------------------------------------------------- fields
+# Everything that is larger than a few pixels (smooth stain variation, fibre waves, nuclei, glands, fat
+# cells) is a function of *absolute* pixel coordinates and a ``field_seed``, through a counter-based hash.
+# Two tiles painted at neighbouring origins with the same field_seed, attrs and stain therefore join without a
+# seam; only pixel-scale grain and mitotic figures come from the per-call ``rng``.
+
+_M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
-    """Low-frequency noise, roughly N(0, 1), features about ``cell`` pixels across: (h, w) float32."""
-    gh, gw = int(np.ceil(h / cell)) + 3, int(np.ceil(w / cell)) + 3
-    grid = rng.standard_normal((gh, gw), dtype=np.float32)
-    big = cv2.resize(grid, (int((gw - 1) * cell), int((gh - 1) * cell)), interpolation=cv2.INTER_CUBIC)
-    oy, ox = int(rng.integers(0, max(1, int(cell)))), int(rng.integers(0, max(1, int(cell))))
-    return big[oy:oy + h, ox:ox + w]
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    h = (h ^ (h >> np.uint64(30))) * _M2
+    h = (h ^ (h >> np.uint64(27))) * _M3
+    return h ^ (h >> np.uint64(31))
+
+
+def _hash(*parts: Any) -> np.ndarray:
+    """Hash integer arrays (broadcast together) to uint64."""
+    h = np.uint64(0x243F6A8885A308D3)
+    with np.errstate(over="ignore"):
+        for p in parts:
+            h = _mix(h ^ (np.asarray(p).astype(np.int64).astype(np.uint64) + _M1))
+    return h
+
+
+def _u01(h: np.ndarray) -> np.ndarray:
+    return ((h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)).astype(np.float32)
+
+
+class _Field:
+    """Deterministic random fields over absolute pixel coordinates, for one tile at ``origin``."""
+
+    def __init__(self, key: int, x0: int, y0: int, h: int, w: int):
+        self.key, self.x0, self.y0, self.h, self.w = int(key), int(x0), int(y0), h, w
+
+    def uniform(self, ids: np.ndarray, salt: int) -> np.ndarray:
+        """U[0, 1) per id (float32), the same wherever the id is drawn."""
+        return _u01(_hash(self.key, salt, ids))
+
+    def normal(self, ids: np.ndarray, salt: int) -> np.ndarray:
+        """N(0, 1) per id (Box-Muller on two hashed uniforms)."""
+        u1 = np.maximum(self.uniform(ids, 2 * salt + 1), 1e-7)
+        u2 = self.uniform(ids, 2 * salt + 2)
+        return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32)
+
+    def smooth(self, cell: float, salt: int) -> np.ndarray:
+        """Low-frequency noise ~N(0, 1) with features ``cell`` px across: (h, w) float32, seamless."""
+        c = max(2, int(round(cell)))
+        gx0, gy0 = self.x0 // c - 2, self.y0 // c - 2
+        gw, gh = (self.x0 + self.w) // c - gx0 + 3, (self.y0 + self.h) // c - gy0 + 3
+        iy, ix = np.mgrid[gy0:gy0 + gh, gx0:gx0 + gw]
+        grid = (self.uniform(ix * 1_000_003 + iy, salt) - 0.5) * np.float32(np.sqrt(12.0))
+        big = cv2.resize(grid, (gw * c, gh * c), interpolation=cv2.INTER_CUBIC)
+        oy, ox = self.y0 - gy0 * c, self.x0 - gx0 * c
+        return big[oy:oy + self.h, ox:ox + self.w]
+
+    def scatter(self, density: float, mean_area: float, margin: float, salt: int, cell: float = 16.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Points covering about ``density`` of the area with shapes of ``mean_area`` px: (centres (N, 2) in
+        tile coordinates, ids (N,) uint64). A hashed Bernoulli process on an absolute grid of ``cell`` px."""
+        c = max(4, int(round(cell)))
+        rate = density / max(mean_area, 1e-3) * c * c  # expected points per grid cell
+        slots = max(1, int(np.ceil(rate + 4.0 * np.sqrt(rate) + 2.0)))
+        m = int(np.ceil(margin))
+        gx0, gy0 = (self.x0 - m) // c, (self.y0 - m) // c
+        gx1, gy1 = (self.x0 + self.w + m) // c + 1, (self.y0 + self.h + m) // c + 1
+        iy, ix, k = np.meshgrid(np.arange(gy0, gy1), np.arange(gx0, gx1), np.arange(slots), indexing="ij")
+        ids = _hash(ix, iy, k).ravel()
+        keep = self.uniform(ids, salt) < rate / slots
+        ids = ids[keep]
+        x = (ix.ravel()[keep] + self.uniform(ids, salt + 1)) * c - self.x0
+        y = (iy.ravel()[keep] + self.uniform(ids, salt + 2)) * c - self.y0
+        inside = (x > -m) & (x < self.w + m) & (y > -m) & (y < self.h + m)
+        return np.stack([x[inside], y[inside]], 1).astype(np.float32), ids[inside]
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute (x, y) pixel coordinates of the tile, float32 (h, w) each."""
+        yy, xx = np.mgrid[self.y0:self.y0 + self.h, self.x0:self.x0 + self.w]
+        return xx.astype(np.float32), yy.astype(np.float32)
 
 
 def _fine_noise(rng: np.random.Generator, h: int, w: int, sigma: float = 0.0) -> np.ndarray:
@@ -113,26 +187,12 @@ def _fine_noise(rng: np.random.Generator, h: int, w: int, sigma: float = 0.0) ->
     return n
 
 
-def _positions(rng: np.random.Generator, n: int, h: int, w: int, margin: float) -> np.ndarray:
-    """``n`` uniform (x, y) centres over the tile extended by ``margin`` (shapes are cut by the border)."""
-    xy = rng.random((n, 2), dtype=np.float32)
-    xy[:, 0] = xy[:, 0] * (w + 2 * margin) - margin
-    xy[:, 1] = xy[:, 1] * (h + 2 * margin) - margin
-    return xy
-
-
-def _count(density: float, h: int, w: int, mean_area: float, margin: float, rng: np.random.Generator) -> int:
-    """Number of shapes so that they cover about ``density`` of the (margin-extended) area."""
-    expected = density * (h + 2 * margin) * (w + 2 * margin) / max(mean_area, 1e-3)
-    return int(rng.poisson(expected))
-
-
-def _polygons(rng: np.random.Generator, centers: np.ndarray, a: np.ndarray, b: np.ndarray, angle: np.ndarray,
-              irregularity: float, vertices: int = 10) -> np.ndarray:
+def _polygons(f: _Field, ids: np.ndarray, salt: int, centers: np.ndarray, a: np.ndarray, b: np.ndarray,
+              angle: np.ndarray, irregularity: float, vertices: int = 10) -> np.ndarray:
     """Irregular ellipse-like polygons, (N, K, 2) int32 in 1/4-pixel units (``cv2.fillPoly`` shift=2)."""
-    n = len(centers)
     t = np.linspace(0.0, 2 * np.pi, vertices, endpoint=False, dtype=np.float32)[None, :]  # (1, K)
-    wobble = 1.0 + irregularity * rng.uniform(-1.0, 1.0, (n, vertices)).astype(np.float32)  # (N, K)
+    u = f.uniform(ids[:, None] * np.uint64(16) + np.arange(vertices, dtype=np.uint64)[None, :], salt)
+    wobble = 1.0 + irregularity * (2.0 * u - 1.0)  # (N, K)
     ex = a[:, None] * np.cos(t) * wobble
     ey = b[:, None] * np.sin(t) * wobble
     ca, sa = np.cos(angle)[:, None], np.sin(angle)[:, None]
@@ -155,19 +215,23 @@ def _fill(canvas: np.ndarray, polys: np.ndarray, values: np.ndarray) -> None:
     np.maximum(canvas, layer, out=canvas)
 
 
-def _nuclei(canvas: np.ndarray, rng: np.random.Generator, centers: np.ndarray, radius: float,
+def _nuclei(canvas: np.ndarray, f: _Field, centers: np.ndarray, ids: np.ndarray, radius: float,
             radius_sd: float, aspect: float, intensity: float, intensity_sd: float, irregularity: float,
-            angle: np.ndarray | None = None, scale: float = 1.0) -> None:
-    """Paint nuclei (hematoxylin concentration) at ``centers``; ``aspect`` < 1 makes them elongated."""
-    n = len(centers)
-    if n == 0:
+            angle: np.ndarray | None = None, scale: float = 1.0, salt: int = 0) -> None:
+    """Paint nuclei (hematoxylin concentration) at ``centers``; ``aspect`` < 1 makes them elongated.
+
+    Each nucleus's size, shape, angle and darkness are hashed from its id, so a nucleus cut by a tile border
+    continues with the same shape in the neighbouring tile.
+    """
+    if len(centers) == 0:
         return
-    r = np.clip(rng.normal(radius, radius_sd, n), 0.4 * radius, None).astype(np.float32) * scale
-    asp = np.clip(rng.normal(aspect, 0.08, n), 0.15, 1.0).astype(np.float32)
+    salt = 1000 * (salt + 1)
+    r = np.maximum(radius + radius_sd * f.normal(ids, salt), 0.4 * radius) * np.float32(scale)
+    asp = np.clip(aspect + 0.08 * f.normal(ids, salt + 1), 0.15, 1.0)
     a, b = r / np.sqrt(asp), r * np.sqrt(asp)
-    ang = rng.uniform(0, np.pi, n).astype(np.float32) if angle is None else angle.astype(np.float32)
-    polys = _polygons(rng, centers, a, b, ang, irregularity)
-    vals = np.clip(rng.normal(intensity, intensity_sd, n), 0.3, 2.5).astype(np.float32)
+    ang = f.uniform(ids, salt + 2) * np.float32(np.pi) if angle is None else angle.astype(np.float32)
+    polys = _polygons(f, ids, salt + 3, centers, a, b, ang, irregularity)
+    vals = np.clip(intensity + intensity_sd * f.normal(ids, salt + 4), 0.3, 2.5)
     _fill(canvas, polys, vals)
 
 
@@ -193,20 +257,22 @@ def _mitotic_figures(ch: np.ndarray, ce: np.ndarray, rng: np.random.Generator, c
 
 
 # --------------------------------------------------------------------------------------------------- classes
-# Each painter returns (hematoxylin, eosin) concentration maps, float32 (H, W).
+# Each painter returns (hematoxylin, eosin) concentration maps, float32 (H, W). Salts keep fields distinct.
 
 
-def _paint_tumor(h, w, rng, attrs, scale):
+def _paint_tumor(f, rng, attrs, scale):
+    h, w = f.h, f.w
     grade = int(attrs.get("grade") or 2)
     pleo = float(attrs.get("pleomorphism", 0.3))
-    ce = 0.38 + 0.06 * _smooth_noise(rng, h, w, 24 * scale)  # cytoplasm, slightly basophilic
-    ch = np.full((h, w), 0.10, np.float32) + 0.03 * _smooth_noise(rng, h, w, 12 * scale)
-    radius = (5.0 + 0.8 * (grade - 1)) * scale
-    n = _count(float(attrs.get("nuclear_density", 0.4)), h, w, np.pi * (radius ** 2) * 1.1, 2 * radius, rng)
-    centers = _positions(rng, n, h, w, 2 * radius)
+    ce = 0.38 + 0.06 * f.smooth(24 * scale, 1)  # cytoplasm, slightly basophilic
+    ch = 0.10 + 0.03 * f.smooth(12 * scale, 2)
+    radius = 5.0 + 0.8 * (grade - 1)
+    r_px = radius * scale
+    centers, ids = f.scatter(float(attrs.get("nuclear_density", 0.4)), np.pi * r_px * r_px * 1.1, 3 * r_px,
+                             salt=3, cell=3 * r_px)
     nuc = np.zeros((h, w), np.float32)
-    _nuclei(nuc, rng, centers, radius / scale, (0.9 + 2.5 * pleo), 0.75, 1.35 + 0.1 * grade, 0.25,
-            irregularity=0.10 + 0.35 * pleo, scale=scale)
+    _nuclei(nuc, f, centers, ids, radius, (0.9 + 2.5 * pleo), 0.75, 1.35 + 0.1 * grade, 0.25,
+            irregularity=0.10 + 0.35 * pleo, scale=scale, salt=4)
     chromatin = 1.0 + 0.22 * _fine_noise(rng, h, w, 0.8 * scale)  # coarse clumped chromatin
     ch = np.maximum(ch, nuc * chromatin)
     ce = np.where(nuc > 0, ce * 0.6, ce)
@@ -216,129 +282,138 @@ def _paint_tumor(h, w, rng, attrs, scale):
     return ch, ce
 
 
-def _wavy_fibres(h, w, rng, angle_deg, scale):
-    """Collagen: a stripe pattern bent by smooth noise (waves), sharpened; values ~0-1, (H, W)."""
+def _wavy_fibres(f, angle_deg, period, scale, salt):
+    """Collagen: a stripe pattern across ``angle_deg`` bent by smooth noise (waves); ~0-1, (H, W)."""
     theta = np.deg2rad(angle_deg)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx, yy = f.coords()
     u = xx * np.float32(np.sin(theta)) - yy * np.float32(np.cos(theta))  # across the fibres
-    period = rng.uniform(5.0, 7.5) * scale
-    phase = u * np.float32(2 * np.pi / period) + 4.5 * _smooth_noise(rng, h, w, 22 * scale)
+    phase = u * np.float32(2 * np.pi / (period * scale)) + 4.5 * f.smooth(22 * scale, salt)
     stripes = 0.5 + 0.5 * np.cos(phase)
-    return stripes * (0.55 + 0.45 * np.clip(0.5 + 0.5 * _smooth_noise(rng, h, w, 9 * scale), 0, 1))
+    return stripes * (0.55 + 0.45 * np.clip(0.5 + 0.5 * f.smooth(9 * scale, salt + 1), 0, 1))
 
 
-def _paint_stroma(h, w, rng, attrs, scale):
+def _paint_stroma(f, rng, attrs, scale):
     angle = float(attrs.get("fibre_angle", 0.0))
-    fibres = _wavy_fibres(h, w, rng, angle, scale)
-    gaps = np.clip(0.8 + 0.5 * _smooth_noise(rng, h, w, 14 * scale), 0.0, 1.0)  # loose, paler areas
+    fibres = _wavy_fibres(f, angle, float(attrs.get("fibre_period", 6.0)), scale, 10)
+    gaps = np.clip(0.8 + 0.5 * f.smooth(14 * scale, 12), 0.0, 1.0)  # loose, paler areas
     ce = (0.30 + 0.45 * fibres) * gaps + 0.05
-    ch = np.zeros((h, w), np.float32)
+    ch = np.zeros((f.h, f.w), np.float32)
     radius = 2.6
-    n = _count(float(attrs.get("nuclear_density", 0.05)), h, w, np.pi * radius * radius * scale * scale,
-               10 * scale, rng)
-    centers = _positions(rng, n, h, w, 10 * scale)
-    angles = np.deg2rad(angle) + rng.normal(0, 0.15, n)  # along the fibres
-    _nuclei(ch, rng, centers, radius, 0.3, 0.12, 1.25, 0.15, irregularity=0.05, angle=angles, scale=scale)
+    centers, ids = f.scatter(float(attrs.get("nuclear_density", 0.05)), np.pi * (radius * scale) ** 2,
+                             12 * scale, salt=13, cell=24 * scale)
+    angles = np.deg2rad(angle) + 0.15 * f.normal(ids, 14)  # along the fibres
+    _nuclei(ch, f, centers, ids, radius, 0.3, 0.12, 1.25, 0.15, irregularity=0.05, angle=angles, scale=scale,
+            salt=15)
     return ch, ce
 
 
-def _paint_lymphocytes(h, w, rng, attrs, scale):
-    ce = 0.20 + 0.05 * _smooth_noise(rng, h, w, 20 * scale)
-    ch = np.full((h, w), 0.06, np.float32)
+def _paint_lymphocytes(f, rng, attrs, scale):
+    ce = 0.20 + 0.05 * f.smooth(20 * scale, 20)
+    ch = np.full((f.h, f.w), 0.06, np.float32)
     radius = 2.6
-    n = _count(float(attrs.get("nuclear_density", 0.5)), h, w, np.pi * radius * radius * scale * scale,
-               5 * scale, rng)
-    centers = _positions(rng, n, h, w, 5 * scale)
-    nuc = np.zeros((h, w), np.float32)
-    _nuclei(nuc, rng, centers, radius, 0.25, 0.92, 1.75, 0.15, irregularity=0.04, scale=scale)
-    ch = np.maximum(ch, nuc)
-    return ch, ce
+    centers, ids = f.scatter(float(attrs.get("nuclear_density", 0.5)), np.pi * (radius * scale) ** 2,
+                             6 * scale, salt=21, cell=12 * scale)
+    nuc = np.zeros((f.h, f.w), np.float32)
+    _nuclei(nuc, f, centers, ids, radius, 0.25, 0.92, 1.75, 0.15, irregularity=0.04, scale=scale, salt=22)
+    return np.maximum(ch, nuc), ce
 
 
-def _paint_necrosis(h, w, rng, attrs, scale):
-    granular = _fine_noise(rng, h, w, 0.9 * scale)
-    blotches = _smooth_noise(rng, h, w, 16 * scale)
+def _paint_necrosis(f, rng, attrs, scale):
+    granular = _fine_noise(rng, f.h, f.w, 0.9 * scale)
+    blotches = f.smooth(16 * scale, 30)
     ce = 0.62 + 0.14 * granular + 0.12 * blotches  # eosinophilic, granular, smudgy
     ch = 0.20 + 0.07 * granular + 0.05 * blotches  # diffuse basophilic haze of nuclear debris
-    dust = np.zeros((h, w), np.float32)
+    dust = np.zeros((f.h, f.w), np.float32)
     kary = float(attrs.get("karyorrhexis", 0.7))
-    n = _count(0.02 + 0.05 * kary, h, w, np.pi * 1.0 * scale * scale, 2 * scale, rng)
-    _nuclei(dust, rng, _positions(rng, n, h, w, 2 * scale), 1.0, 0.35, 0.85, 1.2, 0.3, irregularity=0.3,
-            scale=scale)
-    pyk = _count(float(attrs.get("nuclear_density", 0.03)), h, w, np.pi * 4.0 * scale * scale, 3 * scale, rng)
-    _nuclei(dust, rng, _positions(rng, pyk, h, w, 3 * scale), 2.0, 0.3, 0.9, 2.0, 0.2, irregularity=0.1,
-            scale=scale)
-    ch = np.maximum(ch, dust)
-    ce = np.clip(ce, 0.3, None)
-    return ch, ce
+    centers, ids = f.scatter(0.02 + 0.05 * kary, np.pi * scale * scale, 3 * scale, salt=31, cell=8 * scale)
+    _nuclei(dust, f, centers, ids, 1.0, 0.35, 0.85, 1.2, 0.3, irregularity=0.3, scale=scale, salt=32)
+    centers, ids = f.scatter(float(attrs.get("nuclear_density", 0.03)), np.pi * 4.0 * scale * scale,
+                             4 * scale, salt=33, cell=16 * scale)
+    _nuclei(dust, f, centers, ids, 2.0, 0.3, 0.9, 2.0, 0.2, irregularity=0.1, scale=scale, salt=34)
+    return np.maximum(ch, dust), np.clip(ce, 0.3, None)
 
 
-def _paint_gland(h, w, rng, attrs, scale):
+def _paint_gland(f, rng, attrs, scale):
+    h, w = f.h, f.w
     r_lumen = float(attrs.get("lumen_radius", 10.0)) * scale
     epi = 5.5 * scale  # epithelial thickness
-    fibres = _wavy_fibres(h, w, rng, rng.uniform(0, 180), scale)
+    fibres = _wavy_fibres(f, float(attrs.get("fibre_angle", 30.0)), 6.0, scale, 40)
     ce = 0.22 + 0.25 * fibres  # loose stroma between glands
     ch = np.zeros((h, w), np.float32)
-    spacing = 2 * (r_lumen + epi) + 6 * scale
-    gy, gx = np.mgrid[-1:int(h / spacing) + 2, -1:int(w / spacing) + 2]
-    centers = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32) * spacing
-    centers += rng.uniform(0, spacing, 2).astype(np.float32)  # random grid offset
-    centers += rng.normal(0, 0.15 * spacing, centers.shape).astype(np.float32)
+    # glands on a jittered absolute grid, each drawn from its own hashed id
+    spacing = int(round(2 * (r_lumen + epi) + 6 * scale))
+    reach = int(1.6 * r_lumen + epi) + 2
+    gx = np.arange((f.x0 - reach) // spacing, (f.x0 + w + reach) // spacing + 1)
+    gy = np.arange((f.y0 - reach) // spacing, (f.y0 + h + reach) // spacing + 1)
+    iy, ix = np.meshgrid(gy, gx, indexing="ij")
+    gid = _hash(ix.ravel(), iy.ravel())
+    cx = (ix.ravel() + 0.5) * spacing + 0.15 * spacing * f.normal(gid, 41) - f.x0
+    cy = (iy.ravel() + 0.5) * spacing + 0.15 * spacing * f.normal(gid, 42) - f.y0
+    ga = r_lumen * (0.8 + 0.45 * f.uniform(gid, 43))
+    gb = r_lumen * (0.6 + 0.4 * f.uniform(gid, 44))
+    rot = 180.0 * f.uniform(gid, 45)
     lumen = np.zeros((h, w), np.uint8)
     epithelium = np.zeros((h, w), np.uint8)
-    nuc_centers, nuc_angles = [], []
-    for cx, cy in centers:
-        a = r_lumen * rng.uniform(0.8, 1.25)
-        b = r_lumen * rng.uniform(0.6, 1.0)
-        rot = rng.uniform(0, 180)
-        cv2.ellipse(epithelium, (int(cx), int(cy)), (int(a + epi), int(b + epi)), rot, 0, 360, 1, -1)
-        cv2.ellipse(lumen, (int(cx), int(cy)), (int(a), int(b)), rot, 0, 360, 1, -1)
-        ring_a, ring_b = a + 0.6 * epi, b + 0.6 * epi  # nuclei basal in the epithelium
-        perimeter = np.pi * (ring_a + ring_b)
-        k = max(6, int(perimeter / (4.6 * scale)))
-        t = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
-        ex, ey = ring_a * np.cos(t), ring_b * np.sin(t)
-        cr, sr = np.cos(np.deg2rad(rot)), np.sin(np.deg2rad(rot))
-        nuc_centers.append(np.stack([cx + ex * cr - ey * sr, cy + ex * sr + ey * cr], 1))
-        nuc_angles.append(np.arctan2(ex * sr + ey * cr, ex * cr - ey * sr))  # radial: columnar cells
+    for x, y, a, b, r in zip(cx.tolist(), cy.tolist(), ga.tolist(), gb.tolist(), rot.tolist()):
+        cv2.ellipse(epithelium, (round(x * 4), round(y * 4)), (round((a + epi) * 4), round((b + epi) * 4)), r,
+                    0, 360, 1, -1, cv2.LINE_8, 2)
+        cv2.ellipse(lumen, (round(x * 4), round(y * 4)), (round(a * 4), round(b * 4)), r, 0, 360, 1, -1,
+                    cv2.LINE_8, 2)
+    # columnar nuclei, basal in the epithelium, long axis radial
+    ring_a, ring_b = ga + 0.6 * epi, gb + 0.6 * epi
+    k = np.maximum(6, (np.pi * (ring_a + ring_b) / (4.6 * scale)).astype(int))
+    owner = np.repeat(np.arange(len(gid)), k)
+    slot = np.arange(len(owner)) - np.repeat(np.cumsum(k) - k, k)
+    t = 2 * np.pi * (slot / k[owner] + f.uniform(gid, 46)[owner])
+    ex, ey = ring_a[owner] * np.cos(t), ring_b[owner] * np.sin(t)
+    cr, sr = np.cos(np.deg2rad(rot[owner])), np.sin(np.deg2rad(rot[owner]))
+    nid = _hash(gid[owner], slot)
+    nc = np.stack([cx[owner] + ex * cr - ey * sr, cy[owner] + ex * sr + ey * cr], 1).astype(np.float32)
+    nc += 0.4 * scale * np.stack([f.normal(nid, 47), f.normal(nid, 48)], 1)
+    na = np.arctan2(ex * sr + ey * cr, ex * cr - ey * sr).astype(np.float32)
     epithelium = epithelium.astype(bool)
     lumen = lumen.astype(bool)
-    ce = np.where(epithelium, 0.42 + 0.05 * _smooth_noise(rng, h, w, 10 * scale), ce)
-    ch = np.where(epithelium, 0.08, ch).astype(np.float32)
-    nc = np.concatenate(nuc_centers).astype(np.float32)
-    na = np.concatenate(nuc_angles).astype(np.float32)
-    nc += rng.normal(0, 0.4 * scale, nc.shape).astype(np.float32)
+    ce = np.where(epithelium, 0.42 + 0.05 * f.smooth(10 * scale, 49), ce)
+    ch = np.where(epithelium, np.float32(0.08), ch)
     nuc = np.zeros((h, w), np.float32)
-    _nuclei(nuc, rng, nc, 2.1, 0.2, 0.4, 1.2, 0.15, irregularity=0.06, angle=na, scale=scale)
+    _nuclei(nuc, f, nc, nid, 2.1, 0.2, 0.4, 1.2, 0.15, irregularity=0.06, angle=na, scale=scale, salt=50)
     ch = np.maximum(ch, nuc)
-    ce = np.where(lumen, 0.02, ce)
-    ch = np.where(lumen & (nuc == 0), 0.0, ch)
+    ce = np.where(lumen, np.float32(0.02), ce)
+    ch = np.where(lumen & (nuc == 0), np.float32(0.0), ch)
     return ch.astype(np.float32), ce.astype(np.float32)
 
 
-def _paint_adipose(h, w, rng, attrs, scale):
+def _paint_adipose(f, rng, attrs, scale):
+    h, w = f.h, f.w
     size = float(attrs.get("cell_size", 28.0)) * scale
-    pad = int(size)
+    pad = int(2 * size)
+    # one seed per cell of an absolute grid, jittered by its hashed id: the same fat cells in every tile
+    gx = np.arange(int((f.x0 - pad) // size), int((f.x0 + w + pad) // size) + 1)
+    gy = np.arange(int((f.y0 - pad) // size), int((f.y0 + h + pad) // size) + 1)
+    iy, ix = np.meshgrid(gy, gx, indexing="ij")
+    sid = _hash(ix.ravel(), iy.ravel())
+    sx = (ix.ravel() + 0.5 + 0.7 * (f.uniform(sid, 60) - 0.5)) * size - (f.x0 - pad)
+    sy = (iy.ravel() + 0.5 + 0.7 * (f.uniform(sid, 61) - 0.5)) * size - (f.y0 - pad)
     H, W = h + 2 * pad, w + 2 * pad
-    gy, gx = np.mgrid[0:int(H / size) + 1, 0:int(W / size) + 1]
-    seeds = (np.stack([gx.ravel(), gy.ravel()], 1) + 0.5 + rng.uniform(-0.35, 0.35, (gx.size, 2))) * size
-    seeds = np.clip(seeds, 0, [W - 1, H - 1]).astype(np.int64)
+    ok = (sx >= 0) & (sx < W) & (sy >= 0) & (sy < H)
     img = np.full((H, W), 255, np.uint8)
-    img[seeds[:, 1], seeds[:, 0]] = 0
+    img[sy[ok].astype(np.int64), sx[ok].astype(np.int64)] = 0
     _, labels = cv2.distanceTransformWithLabels(img, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    labels = labels[pad:pad + h, pad:pad + w]
-    edge = np.zeros((h, w), np.uint8)
+    edge = np.zeros((H, W), np.uint8)
     edge[:, 1:] |= (labels[:, 1:] != labels[:, :-1]).astype(np.uint8)
     edge[1:, :] |= (labels[1:, :] != labels[:-1, :]).astype(np.uint8)
-    membrane = cv2.GaussianBlur(edge.astype(np.float32), (0, 0), 0.6 * scale) * 2.2
-    ce = 0.02 + np.clip(membrane, 0, 1) * (0.55 + 0.1 * _smooth_noise(rng, h, w, 16 * scale))
+    membrane = cv2.GaussianBlur(edge.astype(np.float32), (0, 0), 0.6 * scale)[pad:pad + h, pad:pad + w] * 2.2
+    ce = 0.02 + np.clip(membrane, 0, 1) * (0.55 + 0.1 * f.smooth(16 * scale, 62))
     ch = np.zeros((h, w), np.float32)
-    ys, xs = np.nonzero(edge)  # flattened nuclei squeezed on membranes
-    n = _count(float(attrs.get("nuclear_density", 0.005)), h, w, np.pi * 6.0 * scale * scale, 0, rng)
-    if len(xs) and n:
-        pick = rng.integers(0, len(xs), n)
-        centers = np.stack([xs[pick], ys[pick]], 1).astype(np.float32)
-        _nuclei(ch, rng, centers, 2.4, 0.2, 0.2, 1.2, 0.1, irregularity=0.05, scale=scale)
+    # flattened nuclei squeezed on the membranes: scattered points that land on one
+    near = cv2.dilate(edge, np.ones((3, 3), np.uint8))[pad:pad + h, pad:pad + w]
+    centers, ids = f.scatter(float(attrs.get("nuclear_density", 0.005)) / 0.15, np.pi * 6.0 * scale * scale,
+                             4 * scale, salt=63, cell=size)
+    xi, yi = np.round(centers[:, 0]).astype(int), np.round(centers[:, 1]).astype(int)
+    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    on = np.zeros(len(centers), bool)
+    on[inside] = near[yi[inside], xi[inside]] > 0
+    _nuclei(ch, f, centers[on], ids[on], 2.4, 0.2, 0.2, 1.2, 0.1, irregularity=0.05, scale=scale, salt=64)
     return ch, ce.astype(np.float32)
 
 
@@ -375,17 +450,28 @@ def stain_to_rgb(ch: np.ndarray, ce: np.ndarray, stain: dict[str, Any] | None = 
 
 def render_tissue(label: str, height: int, width: int, rng: np.random.Generator, *,
                   stain: dict[str, Any] | None = None, scale: float = 1.0, blur: float = 0.7,
-                  noise: float = 3.0, **attrs: Any) -> np.ndarray:
+                  noise: float = 3.0, origin: tuple[int, int] | None = None, field_seed: int | None = None,
+                  **attrs: Any) -> np.ndarray:
     """Paint an H&E-like tile of class ``label``: uint8 (height, width, 3).
 
     Args:
         label: one of ``CLASSES``.
-        rng: the only source of randomness; the same generator state gives the same pixels.
+        rng: the per-call randomness; the same generator state gives the same pixels.
         stain: from ``sample_stain``; default: a mild random stain drawn from ``rng``.
-        scale: pixels per nominal pixel (nuclei are ~5 px in radius for tumour at scale 1; use 2-3 for
-            tiles at 0.5 microns per pixel).
+        scale: pixels per nominal pixel (tumour nuclei are ~5 px in radius at scale 1; use 2-3 for tiles at
+            0.5 microns per pixel). Keep it the same for all tiles of a slide.
         blur: optical blur sigma in nominal pixels; ``noise``: sensor noise std in grey levels.
+        origin: (x, y) of the tile's top-left pixel in a larger image (a slide, level 0).
+        field_seed: seed of the structures (nuclei, fibres, glands, fat cells). Tiles that share
+            ``field_seed``, ``attrs``, ``stain`` and ``scale`` and are painted at adjacent ``origin``s join
+            without a seam. Default: drawn from ``rng`` (an independent tile).
         **attrs: ground-truth attributes (``sample_attributes``); missing ones are sampled from ``rng``.
+
+    Example (a seamless 2x1 strip)::
+
+        attrs, stain = sample_attributes("stroma", rng), sample_stain(rng)
+        left = render_tissue("stroma", 256, 256, rng, stain=stain, origin=(0, 0), field_seed=7, **attrs)
+        right = render_tissue("stroma", 256, 256, rng, stain=stain, origin=(256, 0), field_seed=7, **attrs)
     """
     _check_label(label)
     if height < 1 or width < 1:
@@ -394,13 +480,18 @@ def render_tissue(label: str, height: int, width: int, rng: np.random.Generator,
     sampled.update(attrs)
     if stain is None:
         stain = sample_stain(rng, strength=0.5)
-    ch, ce = _PAINTERS[label](height, width, rng, sampled, float(scale))
+    if field_seed is None:
+        field_seed = int(rng.integers(0, 2**62))
+    x0, y0 = (0, 0) if origin is None else (int(origin[0]), int(origin[1]))
+    m = int(np.ceil(3 * blur * scale)) + 1 if blur > 0 else 0  # paint a margin so the blur is seamless too
+    f = _Field(field_seed, x0 - m, y0 - m, height + 2 * m, width + 2 * m)
+    ch, ce = _PAINTERS[label](f, rng, sampled, float(scale))
     ch = np.asarray(ch, np.float32)
     ce = np.asarray(ce, np.float32)
     if blur > 0:
-        ch = cv2.GaussianBlur(ch, (0, 0), blur * scale)
-        ce = cv2.GaussianBlur(ce, (0, 0), blur * scale)
+        ch = cv2.GaussianBlur(ch, (0, 0), blur * scale)[m:m + height, m:m + width]
+        ce = cv2.GaussianBlur(ce, (0, 0), blur * scale)[m:m + height, m:m + width]
     np.maximum(ch, 0, out=ch)
     np.maximum(ce, 0, out=ce)
     sensor = rng.standard_normal((height, width), dtype=np.float32) * np.float32(noise) if noise > 0 else None
-    return stain_to_rgb(ch, ce, stain, sensor)
+    return stain_to_rgb(np.ascontiguousarray(ch), np.ascontiguousarray(ce), stain, sensor)
