@@ -1,0 +1,336 @@
+"""Training data for the VLM stages: LLaVA records -> tokenized, label-masked, padded, length-grouped batches.
+
+Pieces, in the order data flows:
+
+* record builders turn a dataset folder into LLaVA records for a stage's ``DataSpec.format``:
+  ``captions`` (``<image>`` + caption, LLaVA's ``plain`` pre-training), ``describe`` (a captioning instruction
+  answered by the caption, PA-LLaVA's ``dataformat.py``), ``instruct`` (the instruction conversations as they are);
+* :class:`ConversationDataset` tokenizes a record with the chat template's label mask
+  (``pathkit.models.conversation.tokenize_conversation``) and loads its visual input: an image through the
+  encoder's preprocessing, or a slide feature file (HDF5 contract) as ``(N, D)`` features and ``(N, 2)`` coords;
+* :func:`pad_collate` pads to the longest sequence in the batch (dynamic padding; labels padded with -100);
+* :class:`LengthGroupedBatchSampler` shuffles, groups similar lengths into batches (HF's megabatch rule), shards
+  batches over DDP ranks, and remembers how far into the epoch it is, so a resumed run continues at the very
+  next batch (:class:`ResumableDataLoader` exposes that state to Lightning's checkpoint);
+* :class:`VLMDataModule` ties them together for Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pathkit.io import PathkitError, iter_jsonl, read_json
+
+IGNORE_INDEX = -100
+
+# PA-LLaVA's dataformat.py draws one of 21 captioning prompts (pt_prompt.txt) per pair; a few of the same kind.
+DESCRIBE_PROMPTS = (
+    "Describe the histopathology image in detail.",
+    "What does this pathology image show?",
+    "Provide a description of the tissue in the image.",
+    "Summarize the morphological findings in this image.",
+    "Write a caption for this pathology image.",
+    "Explain what is visible in this microscopy image.",
+)
+
+
+# ------------------------------------------------------------------------------------------ record builders
+
+
+def caption_records(rows: Sequence[dict[str, Any]], fmt: str, text_key: str = "caption",
+                    visual_key: str = "image") -> list[dict[str, Any]]:
+    """LLaVA records from (visual, text) rows: ``captions`` (bare ``<image>``) or ``describe`` (an instruction)."""
+    records = []
+    for i, row in enumerate(rows):
+        if fmt == "captions":
+            question = "<image>\n"
+        elif fmt == "describe":
+            prompt = DESCRIBE_PROMPTS[i % len(DESCRIBE_PROMPTS)]
+            question = f"<image>\n{prompt}" if i % 2 == 0 else f"{prompt}\n<image>"  # PA-LLaVA: either side
+        else:
+            raise PathkitError(f"caption_records: format {fmt!r} must be captions or describe")
+        records.append({"id": str(row.get("id", i)), visual_key: row[visual_key],
+                        "conversations": [{"from": "human", "value": question},
+                                          {"from": "gpt", "value": row[text_key]}]})
+    return records
+
+
+def read_llava_json(path: str | Path, root: str | Path | None = None) -> list[dict[str, Any]]:
+    """LLaVA JSON records with ``image`` paths made absolute (relative to ``root`` or the file's folder)."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise PathkitError(f"{path}: LLaVA JSON must be a list of records, got {type(data).__name__}")
+    base = Path(root) if root is not None else path.parent
+    out = []
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict) or "conversations" not in rec:
+            raise PathkitError(f"{path}: record {i}: missing field 'conversations'")
+        rec = dict(rec)
+        if rec.get("image") is not None:
+            rec["image"] = _resolve(rec["image"], base)
+        out.append(rec)
+    return out
+
+
+def read_metadata(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a ``metadata.jsonl`` (image paths made absolute), optionally one split."""
+    path = Path(path)
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        for key in ("image", "caption"):
+            if key not in row:
+                raise PathkitError(f"{path}:{lineno}: missing field {key!r}")
+        if split is None or row.get("split") == split:
+            rows.append({**row, "image": _resolve(row["image"], path.parent)})
+    return rows
+
+
+def _resolve(image: Any, base: Path) -> Any:
+    if isinstance(image, list):
+        return [_resolve(x, base) for x in image]
+    p = Path(image)
+    return str(p if p.is_absolute() else base / p)
+
+
+# ------------------------------------------------------------------------------------------ dataset
+
+
+class ImageLoader:
+    """Path -> (3, S, S) tensor through an encoder's ``preprocess`` (PIL, RGB)."""
+
+    def __init__(self, preprocess: Callable[[list[Any]], torch.Tensor]):
+        self.preprocess = preprocess
+
+    def __call__(self, path: str) -> torch.Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise PathkitError(f"{path}: cannot read image ({err})") from err
+        return self.preprocess([image])[0]
+
+
+class FeatureLoader:
+    """Slide feature file (HDF5 contract) -> ``{"features": (N, D) float32, "coords": (N, 2) int64}``."""
+
+    def __call__(self, path: str) -> dict[str, torch.Tensor]:
+        from pathkit.wsi.features import read_features
+
+        coords, features, _ = read_features(path)
+        if features is None:
+            raise PathkitError(f"{path}: no 'features' dataset (a coords-only file); run pathkit extract first")
+        return {"features": torch.as_tensor(np.asarray(features), dtype=torch.float32),
+                "coords": torch.as_tensor(np.asarray(coords), dtype=torch.long)}
+
+
+class ConversationDataset(Dataset):
+    """LLaVA records -> ``{"input_ids", "labels", "image" | "slide_features"/"slide_coords"}`` per item.
+
+    Args:
+        records: LLaVA records (``image`` is an image path or a slide feature ``.h5`` path).
+        tokenizer: the LLM's tokenizer (with the ``<image>`` token).
+        template: chat template name (plain, vicuna_v1, llama3, huatuo).
+        max_length: token limit per sequence.
+        load_image: path -> (3, S, S) tensor (or any tensor the model takes as an image).
+        load_features: path -> {"features", "coords"} for slide feature files.
+    """
+
+    def __init__(self, records: list[dict[str, Any]], tokenizer, template: str, max_length: int,
+                 load_image: Callable[[str], torch.Tensor] | None = None,
+                 load_features: Callable[[str], dict[str, torch.Tensor]] | None = None):
+        self.records = records
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_length = max_length
+        self.load_image = load_image
+        self.load_features = load_features or FeatureLoader()
+        self._cache: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Approximate lengths for grouping (LLaVA's ``lengths``: words of all turns)."""
+        return [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from pathkit.models.conversation import tokenize_conversation
+
+        rec = self.records[index]
+        try:
+            tokens = tokenize_conversation(rec["conversations"], self.tokenizer, self.template, self.max_length)
+        except PathkitError as err:
+            raise PathkitError(f"record {rec.get('id', index)}: {err}") from err
+        item: dict[str, Any] = {"input_ids": torch.tensor(tokens["input_ids"], dtype=torch.long),
+                                "labels": torch.tensor(tokens["labels"], dtype=torch.long)}
+        visual = rec.get("image")
+        if isinstance(visual, list):  # several images per record: the first (PubMedVision rows)
+            visual = visual[0] if visual else None
+        if visual is not None:
+            if str(visual).endswith((".h5", ".hdf5")):
+                if visual not in self._cache:  # feature bags are small at tiny scale; load once per worker
+                    self._cache[visual] = self.load_features(visual)
+                feats = self._cache[visual]
+                item["slide_features"], item["slide_coords"] = feats["features"], feats["coords"]
+            else:
+                if self.load_image is None:
+                    raise PathkitError(f"record {rec.get('id', index)}: has an image but no image loader")
+                item["image"] = self.load_image(visual)
+        return item
+
+
+def pad_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Collate to the longest sequence of the batch (right padding; labels -100, attention mask 0 on pads)."""
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        longest = max(len(it["input_ids"]) for it in items)
+        n = len(items)
+        input_ids = torch.full((n, longest), pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((n, longest), dtype=torch.long)
+        for i, it in enumerate(items):
+            length = len(it["input_ids"])
+            input_ids[i, :length] = it["input_ids"]
+            labels[i, :length] = it["labels"]
+            attention_mask[i, :length] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if all("image" in it for it in items):
+            images = [it["image"] for it in items]
+            same = all(im.shape == images[0].shape for im in images)
+            batch["images"] = torch.stack(images) if same else images  # (B, 3, H, W) or a list (native sizes)
+        if all("slide_features" in it for it in items):
+            batch["slide_features"] = [it["slide_features"] for it in items]  # list of (N_i, D)
+            batch["slide_coords"] = [it["slide_coords"] for it in items]  # list of (N_i, 2)
+        return batch
+
+    return collate
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar length, sharded over DDP ranks, resumable mid-epoch.
+
+    Each epoch: a permutation from ``seed + epoch``; megabatches of ``batch_size * world_size * group`` indices
+    are sorted by length (longest first) and cut into batches (HF's LengthGroupedSampler idea); the batch order is
+    shuffled; batch ``k * world_size + rank`` goes to ``rank``. With several ranks every rank gets the same number
+    of full batches (the tail is dropped); alone, the last partial batch is kept.
+
+    ``state_dict()`` is ``{"epoch", "consumed"}`` where ``consumed`` counts batches the trainer finished; after
+    ``load_state_dict`` the next iteration skips those batches of that epoch.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1, group: int = 8):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.group = max(1, int(group))
+        self.epoch = 0
+        self.consumed = 0  # batches of the current epoch finished by the trainer (updated by the runner)
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self._skip = 0
+
+    def _global_batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        g = np.random.default_rng(self.seed + self.epoch)
+        order = g.permutation(n) if self.shuffle else np.arange(n)
+        mega = self.batch_size * self.world_size * self.group
+        batches: list[list[int]] = []
+        for start in range(0, n, mega):
+            chunk = order[start:start + mega]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+        if self.world_size > 1:
+            batches = [b for b in batches if len(b) == self.batch_size]
+            batches = batches[: len(batches) // self.world_size * self.world_size]
+        if self.shuffle:
+            perm = g.permutation(len(batches))
+            batches = [batches[i] for i in perm]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._global_batches()[self.rank::self.world_size]
+        start, self._skip = self._skip, 0
+        self.consumed = start
+        yield from batches[start:]
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        if self.world_size == 1:
+            return math.ceil(n / self.batch_size)
+        return len(self._global_batches()) // self.world_size
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.consumed = self._skip = int(state["consumed"])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in checkpoints (it is ``_Stateful``)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
+class ConsumedBatches(L.Callback):
+    """Counts finished training batches on the sampler (what a resumed run must skip)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "batch_sampler", None)
+        if isinstance(sampler, LengthGroupedBatchSampler):
+            sampler.consumed += 1
+
+
+class VLMDataModule(L.LightningDataModule):
+    """Lightning data module over a :class:`ConversationDataset` (training split only; evaluation is separate)."""
+
+    def __init__(self, dataset: ConversationDataset, batch_size: int, pad_token_id: int, seed: int = 0,
+                 num_workers: int = 0, shuffle: bool = True):
+        super().__init__()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.pad_token_id = pad_token_id
+        self.seed = seed
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+
+    def batches_per_epoch(self, world_size: int = 1) -> int:
+        return len(LengthGroupedBatchSampler(self.dataset.lengths, self.batch_size, world_size=world_size))
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        sampler = LengthGroupedBatchSampler(self.dataset.lengths, self.batch_size, seed=self.seed,
+                                            shuffle=self.shuffle, rank=rank, world_size=world)
+        generator = torch.Generator().manual_seed(self.seed)  # keeps the global RNG untouched (resume)
+        return ResumableDataLoader(self.dataset, batch_sampler=sampler, collate_fn=pad_collate(self.pad_token_id),
+                                   num_workers=self.num_workers, generator=generator,
+                                   persistent_workers=self.num_workers > 0)

@@ -1,0 +1,460 @@
+"""``run_recipe``: train every stage of a recipe in order, checkpoint, resume, evaluate, summarise.
+
+For each stage the runner builds the data the stage names, wraps the model in the stage's Lightning module and
+fits it with a Lightning ``Trainer`` (bf16-mixed on a GPU, 32-true on CPU, gradient accumulation, gradient
+clipping, any Lightning strategy: ``cfg.train.strategy`` = ``ddp``, ``fsdp``, ...). Outputs::
+
+    out_dir/<stage>/checkpoints/last.ckpt   every ``checkpoint_every`` optimiser steps (model, optimiser,
+                                            scheduler, data position, RNG): a restart continues mid-stage
+    out_dir/<stage>/losses.jsonl            one row per optimiser step: step, loss, lr, samples/s, tokens/s
+    out_dir/<stage>/logs/                   CSV and TensorBoard logs
+    out_dir/<stage>/model/                  VisionLanguageModel.save_pretrained (or the contrastive towers)
+    out_dir/<stage>/stage_summary.json      final train loss, samples/s, tokens/s, trainable parameters, time
+    out_dir/eval/answers.jsonl              greedy answers to the held-out questions (LLaVA answer format)
+    out_dir/summary.json                    per stage + closed_accuracy, yes_no_accuracy, open_recall
+
+Stage N+1 starts from stage N's model (in memory, or from ``out_dir/<N>/model`` when stage N finished in an
+earlier run). A stage whose ``model/`` exists is skipped on restart; a stage with ``last.ckpt`` resumes there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pathkit.config import Config
+from pathkit.io import PathkitError, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.train.recipes import Recipe, Stage
+
+
+def stage_config(cfg: Config, recipe: Recipe, stage: Stage) -> Config:
+    """The Config a stage runs with: the preset, then the recipe's overrides, then the stage's."""
+    changes = {**recipe.config, **stage.config}
+    return cfg.override(changes) if changes else cfg
+
+
+def precision_for(cfg: Config) -> str:
+    """bf16-mixed (or what the config says) on a GPU; 32-true on CPU where bf16 autocast is slow."""
+    import torch
+
+    if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():
+        return "32-true"
+    return cfg.train.precision
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def tile_root(data_dir: Path) -> Path:
+    return data_dir / "synthetic" / "tiles"
+
+
+def ensure_tiles(cfg: Config, data_dir: Path):
+    from pathkit.synthetic.tiles import ensure_tile_dataset
+
+    return ensure_tile_dataset(tile_root(data_dir), cfg.synthetic, seed=cfg.seed, progress=False)
+
+
+def stage_records(stage: Stage, cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
+    """LLaVA records for a VLM stage's data spec (tiles or slides, captions/describe/instruct)."""
+    from pathkit.train import data as D
+
+    spec = stage.data
+    if spec.source == "tiles":
+        ds = ensure_tiles(cfg, data_dir)
+        if spec.format == "instruct":
+            records = D.read_llava_json(ds.paths[f"{spec.split}_llava"], root=ds.root)
+        else:
+            records = D.caption_records(D.read_metadata(ds.paths["metadata"], spec.split), spec.format)
+    else:
+        from pathkit.train.slide_data import slide_records
+
+        records = slide_records(cfg, data_dir, spec.format, spec.split)
+    if spec.max_samples:
+        records = records[: spec.max_samples]
+    if not records:
+        raise PathkitError(f"stage {stage.name}: no {spec.source}/{spec.format} records in split {spec.split!r}")
+    return records
+
+
+def image_loader_for(model, cfg: Config):
+    """Path -> model input for one image: (3, S, S), or (1 + tiles, 3, S, S) views for a tiling connector."""
+    from pathkit.train.data import ImageLoader
+
+    preprocess = getattr(model, "preprocess", None)
+    if preprocess is None:
+        from pathkit.models.encoders import load_encoder
+
+        _, preprocess, _ = load_encoder(cfg.encoder.name)
+    if cfg.connector.type != "scale_invariant":
+        return ImageLoader(preprocess)
+
+    from pathkit.models.connectors import tile_image
+
+    def load_views(path: str):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            views, _ = tile_image(im.convert("RGB"), cfg.connector.tile_size, max_tiles=cfg.connector.max_tiles)
+        return preprocess(views)  # (1 + tiles, 3, S, S)
+
+    return load_views
+
+
+# ------------------------------------------------------------------------------------------------ callbacks
+
+
+def _callbacks(stage_dir: Path, checkpoint_every: int, stop_after_steps: int | None):
+    import lightning as L
+
+    from pathkit.train.data import ConsumedBatches
+
+    class LastCheckpoint(L.Callback):
+        """``last.ckpt`` every n optimiser steps (atomically); optionally stop after ``stop_after_steps``."""
+
+        def __init__(self):
+            self.path = stage_dir / "checkpoints" / "last.ckpt"
+            self.saved_step = -1
+
+        def _save(self, trainer) -> None:
+            tmp = self.path.with_name(".last.ckpt.tmp")
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+            trainer.strategy.barrier("last_checkpoint")
+            self.saved_step = trainer.global_step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            step = trainer.global_step
+            if step == self.saved_step or step == 0:
+                return
+            stop = stop_after_steps is not None and step >= stop_after_steps
+            if stop or step % checkpoint_every == 0:
+                self._save(trainer)
+            if stop:
+                trainer.should_stop = True
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if trainer.global_step != self.saved_step:
+                self._save(trainer)
+
+    (stage_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return [ConsumedBatches(), LastCheckpoint()]
+
+
+def _loggers(stage_dir: Path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(str(stage_dir), name="logs", version="csv")]
+    try:
+        loggers.append(TensorBoardLogger(str(stage_dir), name="logs", version="tensorboard"))
+    except ModuleNotFoundError:  # tensorboard is a dependency; tolerate a trimmed install
+        pass
+    return loggers
+
+
+def make_trainer(cfg: Config, stage: Stage, stage_dir: Path, total_steps: int, checkpoint_every: int,
+                 stop_after_steps: int | None, progress: bool):
+    import lightning as L
+
+    accelerator = cfg.train.accelerator
+    return L.Trainer(
+        max_epochs=stage.epochs, max_steps=total_steps, accumulate_grad_batches=stage.grad_accum,
+        gradient_clip_val=stage.grad_clip or None, precision=precision_for(cfg), accelerator=accelerator,
+        devices=cfg.train.devices, strategy=cfg.train.strategy, logger=_loggers(stage_dir),
+        callbacks=_callbacks(stage_dir, checkpoint_every, stop_after_steps), enable_checkpointing=False,
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(cfg.train.log_every_n_steps, total_steps)),
+        use_distributed_sampler=False, default_root_dir=str(stage_dir))
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def _save_dir_atomically(save, final: Path) -> None:
+    """``save(tmp_dir)`` then rename onto ``final`` (a folder exists under its name only when complete)."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _stage_summary(module, stage: Stage, seconds: float, model) -> dict[str, Any]:
+    from pathkit.train.vlm_module import count_trainable
+
+    rows = module.step_losses
+    tail = rows[-max(1, len(rows) // 10):] if rows else []
+    steady = rows[1:] if len(rows) > 1 else rows  # the first step includes warm-up work
+    trainable, total = count_trainable(model)
+    return {
+        "stage": stage.name, "kind": stage.kind, "trainable": stage.trainable_parts, "steps": len(rows),
+        "first_train_loss": rows[0]["loss"] if rows else None,
+        "final_train_loss": sum(r["loss"] for r in tail) / len(tail) if tail else None,
+        "samples_per_s": _median([r["samples_per_s"] for r in steady]),
+        "tokens_per_s": _median([r["tokens_per_s"] for r in steady]),
+        "trainable_params": trainable, "total_params": total, "seconds": round(seconds, 2),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Path, stage_dir: Path,
+                  resume: bool, checkpoint_every: int, stop_after_steps: int | None, progress: bool):
+    """Fit one VLM stage; returns ``(model, stage summary)`` (summary None when stopped early)."""
+    from pathkit.train.data import ConversationDataset, VLMDataModule
+    from pathkit.train.vlm_module import VLMModule
+
+    records = stage_records(stage, cfg, data_dir)
+    template = stage.data.template or cfg.llm.chat_template
+    max_length = stage.max_length or cfg.llm.max_length
+    dataset = ConversationDataset(records, model.tokenizer, template, max_length,
+                                  load_image=image_loader_for(model, cfg))
+    datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
+                               seed=cfg.seed, num_workers=cfg.train.num_workers)
+    world = _world_size(cfg)
+    steps_per_epoch = math.ceil(datamodule.batches_per_epoch(world) / stage.grad_accum)
+    total_steps = stage.max_steps if stage.max_steps > 0 else steps_per_epoch * stage.epochs
+    module = VLMModule(model, stage, total_steps, loss_log=stage_dir / "losses.jsonl",
+                       gradient_checkpointing=cfg.train.gradient_checkpointing)
+    trainer = make_trainer(cfg, stage, stage_dir, total_steps, checkpoint_every, stop_after_steps, progress)
+    ckpt = stage_dir / "checkpoints" / "last.ckpt"
+    if not (resume and ckpt.exists()):
+        ckpt = None
+        (stage_dir / "losses.jsonl").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    seconds = time.perf_counter() - t0
+    if stop_after_steps is not None and trainer.global_step < total_steps:
+        return model, None
+    summary = _stage_summary(module, stage, seconds, model)
+    summary.update(total_steps=total_steps, epochs=stage.epochs, records=len(records),
+                   resumed_from=str(ckpt) if ckpt else None)
+    if trainer.is_global_zero:
+        write_jsonl(stage_dir / "losses.jsonl", module.step_losses)  # the checkpoint's rows + this run's
+        _save_dir_atomically(model.save_pretrained, stage_dir / "model")
+        write_json(stage_dir / "stage_summary.json", summary)
+    trainer.strategy.barrier("stage_saved")
+    return model, summary
+
+
+def _world_size(cfg: Config) -> int:
+    devices = cfg.train.devices
+    if cfg.train.strategy in ("auto", "single_device") and devices in (1, "1", "auto"):
+        return 1
+    try:
+        return int(devices)
+    except (TypeError, ValueError):
+        return 1
+
+
+def build_vlm(cfg: Config, recipe: Recipe, stage: Stage, out_dir: Path, previous_dir: Path | None):
+    """Stage N+1's model: stage N's saved model, else a fresh one (towers taken from earlier stages)."""
+    from pathkit.models.vlm import VisionLanguageModel
+
+    if previous_dir is not None:
+        return VisionLanguageModel.from_pretrained(previous_dir)
+    overrides = {}
+    for part, source in stage.init_from.items():
+        tower = out_dir / source / "model"
+        if part == "vision":
+            overrides["encoder.name"] = str(tower / "image_encoder")
+    model = VisionLanguageModel.from_config(cfg.override(overrides) if overrides else cfg, vision=recipe.vision)
+    for part, source in stage.init_from.items():
+        if part == "slide_encoder":
+            _load_slide_encoder(model, out_dir / source / "model")
+    return model
+
+
+def _load_slide_encoder(model, tower_dir: Path) -> None:
+    import torch
+
+    path = tower_dir / "slide_encoder.pt"
+    target = getattr(model, "slide_encoder", None)
+    if target is None or not path.exists():
+        raise PathkitError(f"{path}: no slide encoder to initialise the VLM from (contrastive stage output)")
+    target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate_vlm(model, recipe: Recipe, cfg: Config, data_dir: Path, out_dir: Path | None = None,
+                 max_questions: int | None = None) -> dict[str, Any]:
+    """Greedy answers to the held-out questions; closed accuracy (pathkit's default rule), open recall."""
+    import torch
+
+    if recipe.vision == "slide":
+        from pathkit.train.slide_data import slide_questions
+
+        questions = slide_questions(cfg, data_dir, split="heldout")
+    else:
+        ds = ensure_tiles(cfg, data_dir)
+        questions = [{**q, "image": str(ds.root / q["image"])} for q in ds.questions("heldout")]
+    if max_questions:
+        questions = questions[:max_questions]
+    answers = answer_questions(model, questions, cfg)
+    scores = score_answers(questions, answers)
+    if out_dir is not None:
+        rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": a, "answer_id": str(i),
+                 "model_id": recipe.name, "metadata": {"answer": q["answer"], "answer_type": q["answer_type"],
+                                                       "category": q.get("category")}}
+                for i, (q, a) in enumerate(zip(questions, answers))]
+        write_jsonl(out_dir / "eval" / "answers.jsonl", rows)
+    del torch
+    return scores
+
+
+def answer_questions(model, questions: list[dict[str, Any]], cfg: Config, batch_size: int | None = None
+                     ) -> list[str]:
+    """Greedy answers of ``model`` to evaluation questions (``image`` = tile path or slide feature file)."""
+    import torch
+
+    from pathkit.train.data import FeatureLoader
+
+    batch_size = batch_size or cfg.eval.batch_size
+    load_image = image_loader_for(model, cfg)
+    load_features = FeatureLoader()
+    model.eval()
+    answers: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            texts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in chunk]
+            if str(chunk[0]["image"]).endswith(".h5"):
+                feats = [load_features(q["image"]) for q in chunk]
+                out = model.answer(texts, slide_features=[f["features"] for f in feats],
+                                   slide_coords=[f["coords"] for f in feats],
+                                   max_new_tokens=cfg.eval.max_new_tokens)
+            else:
+                images = [load_image(q["image"]) for q in chunk]
+                same = all(im.shape == images[0].shape for im in images)
+                out = model.answer(texts, images=torch.stack(images) if same else images,
+                                   max_new_tokens=cfg.eval.max_new_tokens)
+            answers.extend(out)
+    return answers
+
+
+def score_answers(questions: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
+    """closed_accuracy (yes/no + lettered), yes_no_accuracy, choice_accuracy, open_recall, per category."""
+    from pathkit.eval.metrics import closed_correct, open_recall
+
+    per_cat: dict[str, list[float]] = {}
+    closed, yes_no, choice, opened = [], [], [], []
+    for q, a in zip(questions, answers):
+        if q["answer_type"].upper() == "CLOSED":
+            hit = float(closed_correct(a, q["answer"]))
+            closed.append(hit)
+            (yes_no if q["answer"].lower() in ("yes", "no") else choice).append(hit)
+        else:
+            hit = float(open_recall(a, q["answer"]))
+            opened.append(hit)
+        per_cat.setdefault(q.get("category") or q["answer_type"], []).append(hit)
+
+    def mean(values: list[float]) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {"closed_accuracy": mean(closed), "yes_no_accuracy": mean(yes_no), "choice_accuracy": mean(choice),
+            "open_recall": mean(opened), "n_closed": len(closed), "n_yes_no": len(yes_no), "n_open": len(opened),
+            "per_category": {k: mean(v) for k, v in sorted(per_cat.items())}}
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+
+
+def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = True,
+               data_dir: str | Path | None = None, checkpoint_every: int = 20,
+               stop_after_steps: int | None = None, progress: bool = False, evaluate: bool = True
+               ) -> dict[str, Any]:
+    """Train every stage of ``recipe`` in order, evaluate on the held-out split, write ``summary.json``.
+
+    Args:
+        recipe: the stages (see :mod:`pathkit.train.recipes`).
+        cfg: the preset Config; the recipe's and each stage's overrides are applied on top.
+        out_dir: where stages, logs, checkpoints and the summary go.
+        resume: reuse finished stages and continue an interrupted stage from its ``last.ckpt``.
+        data_dir: the workdir holding ``synthetic/tiles``, ``synthetic/slides``, ``wsi`` (default ``out_dir``).
+        checkpoint_every: optimiser steps between ``last.ckpt`` saves.
+        stop_after_steps: stop the first unfinished stage after this many optimiser steps (simulates a kill;
+            the summary then says ``interrupted``).
+    Returns:
+        the summary dict (also written to ``out_dir/summary.json``).
+    """
+    import lightning as L
+
+    out_dir = Path(out_dir)
+    data_dir = Path(data_dir) if data_dir is not None else out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe.to_yaml(out_dir / "recipe.yaml")
+    summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {}}
+    t_start = time.perf_counter()
+    model = None
+    previous_dir: Path | None = None
+    final_cfg = cfg
+    for stage in recipe.stages:
+        scfg = stage_config(cfg, recipe, stage)
+        L.seed_everything(scfg.seed, workers=True, verbose=False)
+        stage_dir = out_dir / stage.name
+        done = stage_dir / "stage_summary.json"
+        if resume and done.exists() and (stage_dir / "model").exists():
+            summary["stages"][stage.name] = {**read_json(done), "reused": True}
+            if stage.kind == "vlm":
+                model, previous_dir = None, stage_dir / "model"
+                final_cfg = scfg
+            continue
+        if stage.kind == "contrastive":
+            from pathkit.train.contrastive_stage import run_contrastive_stage
+
+            result = run_contrastive_stage(recipe, stage, scfg, data_dir, stage_dir, resume=resume,
+                                           progress=progress)
+        else:
+            if model is None:
+                model = build_vlm(scfg, recipe, stage, out_dir, previous_dir)
+            model, result = run_vlm_stage(model, recipe, stage, scfg, data_dir, stage_dir, resume,
+                                          checkpoint_every, stop_after_steps, progress)
+            previous_dir = stage_dir / "model"
+            final_cfg = scfg
+        if result is None:
+            summary["interrupted"] = {"stage": stage.name, "after_steps": stop_after_steps}
+            write_json(out_dir / "summary.json", summary)
+            return summary
+        summary["stages"][stage.name] = result
+    summary["train_seconds"] = round(time.perf_counter() - t_start, 2)
+    if evaluate and _is_rank_zero():
+        if model is None:
+            from pathkit.models.vlm import VisionLanguageModel
+
+            model = VisionLanguageModel.from_pretrained(previous_dir)
+        t0 = time.perf_counter()
+        summary.update(evaluate_vlm(model, recipe, final_cfg, data_dir, out_dir))
+        summary["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    if _is_rank_zero():
+        write_json(out_dir / "summary.json", summary)
+        try:
+            from pathkit.viz.training_figures import plot_recipe_curves
+
+            plot_recipe_curves(out_dir, out_dir / "curves.png")
+        except Exception as err:  # a figure must never fail a training run
+            summary["figure_error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return summary
+
+
+def _is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def read_stage_losses(out_dir: str | Path, stage: str) -> list[dict[str, Any]]:
+    """Rows of ``out_dir/<stage>/losses.jsonl`` (one per optimiser step)."""
+    path = Path(out_dir) / stage / "losses.jsonl"
+    return read_jsonl(path) if path.exists() else []
