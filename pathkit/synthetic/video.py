@@ -248,7 +248,7 @@ def _plan_views(n_frames: int, fps: float, canvas_wh: tuple[int, int], frame_wh:
             break
         nxt = random_view(view)
         if rng.random() < 0.5:
-            transitions.append({"start": i / fps, "end": i / fps, "kind": "cut"})
+            transitions.append({"start": round(i / fps, 4), "end": round(i / fps, 4), "kind": "cut"})
         else:
             kind = "pan" if rng.random() < 0.6 else "zoom"
             if kind == "zoom":  # zoom in or out around (nearly) the same place
@@ -262,7 +262,7 @@ def _plan_views(n_frames: int, fps: float, canvas_wh: tuple[int, int], frame_wh:
                 u = _ease((k + 1) / (n_move + 1))
                 per_frame.append(_View(view.cx + u * (nxt.cx - view.cx), view.cy + u * (nxt.cy - view.cy),
                                        view.zoom * (nxt.zoom / view.zoom) ** u))
-            transitions.append({"start": i / fps, "end": (i + n_move) / fps, "kind": kind})
+            transitions.append({"start": round(i / fps, 4), "end": round((i + n_move) / fps, 4), "kind": kind})
             i += n_move
         view = nxt
     return spans, transitions, per_frame
@@ -305,7 +305,7 @@ def _plan_cursor(spans, per_frame, fps, frame_wh, label_map, classes, rng, shape
         if rng.random() < 0.2 and b - a > fps:
             visible = False
             pos = None
-            utterances.append(Utterance(a / fps + 0.2, (b + 1) / fps - 0.2, str(rng.choice(_LINKS)),
+            utterances.append(Utterance(round(a / fps + 0.2, 4), round((b + 1) / fps - 0.2, 4), str(rng.choice(_LINKS)),
                                         chunk=chunk_id))
             continue
         i = a
@@ -335,22 +335,24 @@ def _plan_cursor(spans, per_frame, fps, frame_wh, label_map, classes, rng, shape
                 i = b + 1
                 break
             circle = rng.random() < 0.5
-            radius = float(rng.uniform(8, 16))
+            radius = float(rng.uniform(0.05, 0.1)) * fw
             phase = float(rng.uniform(0, 2 * math.pi))
+            wander = rng.normal(0, 1, (n_act // 3 + 2, 2)).cumsum(0) * (0.02 * fw)
             for k in range(n_act):
-                if circle:
-                    ang = phase + 2 * math.pi * k / max(1.0, fps)  # one turn per second
+                if circle:  # about one turn per second
+                    ang = phase + 2 * math.pi * k / max(1.0, fps)
                     x, y = tx + radius * math.cos(ang), ty + radius * math.sin(ang)
-                else:
-                    x, y = tx + float(rng.normal(0, 0.4)), ty + float(rng.normal(0, 0.4))
-                cursor[i + k] = [int(round(x)), int(round(y))]
-            extent = radius + 6 if circle else 12.0
-            box = [int(max(0, tx - extent)), int(max(0, ty - extent)),
-                   int(min(fw - 1, tx + extent)), int(min(fh - 1, ty + extent))]
+                else:  # a dwell: the hand drifts slowly around the spot
+                    dx, dy = wander[k // 3] - wander[0]
+                    x, y = tx + dx, ty + dy
+                cursor[i + k] = [int(np.clip(round(x), 0, fw - margin_r)), int(np.clip(round(y), 0, fh - margin_b))]
+            pts = np.array(cursor[i:i + n_act])
+            box = [int(max(0, pts[:, 0].min() - 6)), int(max(0, pts[:, 1].min() - 6)),
+                   int(min(fw - 1, pts[:, 0].max() + 6)), int(min(fh - 1, pts[:, 1].max() + 6))]
             label = classes[c]
             text = str(rng.choice(_TEMPLATES)).format(p=PHRASES[label])
             text = text[0].upper() + text[1:]
-            utterances.append(Utterance(i / fps, (i + n_act) / fps, text, label, box, chunk_id))
+            utterances.append(Utterance(round(i / fps, 4), round((i + n_act) / fps, 4), text, label, box, chunk_id))
             i += n_act
         # clamp everything into the visible margins
         for k in range(a, b + 1):
@@ -390,7 +392,7 @@ def write_vtt(path: str | Path, utterances: list[Utterance]) -> Path:
 
 def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 10.0,
                          size: tuple[int, int] = (320, 240), seed: int = 0, background: str = "synthetic",
-                         cursor_kind: str | None = None, crf: int = 28) -> VideoTruth:
+                         cursor_kind: str | None = None, crf: int = 28, noise: float = 2.0) -> VideoTruth:
     """Write a synthetic narrated lecture: ``path`` (MP4, H.264), ``<stem>.vtt`` and ``<stem>.truth.json``.
 
     Args:
@@ -400,6 +402,7 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
         background: ``"synthetic"`` (procedural tissue regions) or ``"ihc"`` (scikit-image's real IHC image).
         cursor_kind: ``"arrow"`` or ``"hand"``; default: arrow, hand for one seed in four.
         crf: x264 constant rate factor; 28 gives the blocky compression of web lectures.
+        noise: standard deviation (grey levels) of per-frame camera noise, as microscope cameras show.
     """
     import av
     import cv2
@@ -427,6 +430,7 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
     cursor, utterances = _plan_cursor(spans, per_frame, fps, (fw, fh), label_map, classes, rng,
                                       shape.grey.shape)
 
+    noise_rng = np.random.default_rng([seed, 11])
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format="mp4") as container:
             from fractions import Fraction
@@ -437,6 +441,9 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
             for k, v in enumerate(per_frame):
                 frame = cv2.warpAffine(canvas, _view_matrix(v, (fw, fh)), (fw, fh), flags=cv2.INTER_LINEAR,
                                        borderMode=cv2.BORDER_REFLECT)
+                if noise > 0:
+                    grain = noise_rng.normal(0, noise, frame.shape[:2]).astype(np.float32)[..., None]
+                    frame = np.clip(frame.astype(np.float32) + grain, 0, 255).astype(np.uint8)
                 if cursor[k] is not None:
                     draw_cursor(frame, cursor[k][0], cursor[k][1], shape)
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -448,7 +455,7 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
     truth = VideoTruth(
         path=path, transcript=vtt, truth_path=path.with_suffix(".truth.json"), fps=float(fps), width=fw,
         height=fh, n_frames=n_frames, background=background, seed=int(seed), cursor_kind=cursor_kind,
-        chunks=[[a / fps, (b + 1) / fps] for a, b in spans], transitions=transitions, cursor=cursor,
+        chunks=[[round(a / fps, 4), round((b + 1) / fps, 4)] for a, b in spans], transitions=transitions, cursor=cursor,
         utterances=utterances,
     )
     write_json(truth.truth_path, truth.to_json(), indent=None)

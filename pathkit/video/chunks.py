@@ -1,0 +1,190 @@
+"""Stable chunks: spans of a lecture where the view does not change (Quilt's "static background" frames).
+
+Quilt never released its detector. pathkit's:
+
+1. grey frames, downscaled to ``analysis_width``, at ``analysis_fps``, lightly blurred (compression noise);
+2. difference of consecutive analysis frames; pixels that changed by more than ``pixel_threshold`` grey
+   levels form connected blobs, and blobs smaller than ``blob_fraction`` of the frame (a moving pointer,
+   compression flicker) are masked out **before** averaging, so a pointer never splits a chunk;
+3. an **adaptive** threshold from the video's own signal: ``median + k * MAD`` (MAD scaled to a standard
+   deviation), never below ``median + min_delta`` (a perfectly static video has MAD 0);
+4. a pair of frames above the threshold separates chunks; runs shorter than ``min_chunk_seconds`` (frames
+   inside a pan or zoom) are dropped;
+5. a representative frame per chunk: the per-pixel median of up to ``max_frames`` of its frames, with
+   the detected pointer masked out of each (holes no frame fills are inpainted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pathkit.config import VideoConfig
+
+
+@dataclass
+class Chunk:
+    start: float  # seconds
+    end: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+@dataclass
+class ChunkDetection:
+    """Chunks plus the evidence: analysis times, the difference signal and the threshold used."""
+
+    chunks: list[Chunk]
+    times: np.ndarray  # (T,) seconds of the analysis frames
+    signal: np.ndarray  # (T,) difference of frame t to frame t-1 (0 for the first)
+    threshold: float
+    step: float  # seconds between analysis frames
+    extras: dict = field(default_factory=dict)
+
+
+def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold: float = 12.0,
+                             blob_fraction: float = 0.02) -> float:
+    """Mean absolute grey difference of two frames after masking small changed blobs (the pointer)."""
+    import cv2
+
+    diff = cv2.absdiff(prev, cur)
+    changed = (diff > pixel_threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
+    if n > 1:
+        small = stats[1:, cv2.CC_STAT_AREA] < blob_fraction * diff.size
+        if small.any():
+            lut = np.zeros(n, bool)
+            lut[1:] = small
+            diff = np.where(lut[labels], 0, diff)
+    return float(diff.mean())
+
+
+def difference_signal(frames: list[np.ndarray], pixel_threshold: float = 12.0, blob_fraction: float = 0.02
+                      ) -> np.ndarray:
+    """(T,) cursor-masked difference of each frame to the previous one; 0 for the first frame."""
+    import cv2
+
+    blurred = [cv2.GaussianBlur(f, (3, 3), 0) for f in frames]
+    sig = np.zeros(len(frames), np.float64)
+    for i in range(1, len(frames)):
+        sig[i] = cursor_masked_difference(blurred[i - 1], blurred[i], pixel_threshold, blob_fraction)
+    return sig
+
+
+def adaptive_threshold(signal: np.ndarray, k: float = 6.0, min_delta: float = 1.0) -> float:
+    """``median + k * 1.4826 * MAD`` of the signal (frames after the first), at least ``median + min_delta``."""
+    s = np.asarray(signal[1:], np.float64)
+    if s.size == 0:
+        return float("inf")
+    med = float(np.median(s))
+    mad = float(np.median(np.abs(s - med))) * 1.4826
+    return med + max(k * mad, min_delta)
+
+
+def chunks_from_signal(times: np.ndarray, signal: np.ndarray, threshold: float, step: float,
+                       min_seconds: float, duration: float | None = None) -> list[Chunk]:
+    """Runs of analysis frames joined by below-threshold differences, at least ``min_seconds`` long."""
+    T = len(times)
+    if T == 0:
+        return []
+    moving = np.asarray(signal) > threshold
+    end_cap = duration if duration is not None else float(times[-1]) + step
+    chunks, j = [], 0
+    for i in range(1, T + 1):
+        if i == T or moving[i]:  # pair (i-1, i) changes: the run j..i-1 ends here
+            start, end = float(times[j]), min(float(times[i - 1]) + step, end_cap)
+            if end - start >= min_seconds - 1e-6:
+                chunks.append(Chunk(start, end))
+            j = i
+    return chunks
+
+
+def stable_chunks(path: str | Path | None = None, cfg: VideoConfig | None = None, *,
+                  times: np.ndarray | None = None, frames: list[np.ndarray] | None = None,
+                  duration: float | None = None, pixel_threshold: float = 12.0, blob_fraction: float = 0.02,
+                  min_delta: float = 1.0) -> ChunkDetection:
+    """Detect stable chunks of a video file (or of already decoded small grey ``frames`` at ``times``).
+
+    Returns a :class:`ChunkDetection` whose ``chunks`` are ``[start, end]`` seconds.
+    """
+    from pathkit.video.decode import iter_frames, probe
+
+    cfg = cfg or VideoConfig()
+    if frames is None:
+        info = probe(path)
+        decoded = list(iter_frames(path, fps=cfg.analysis_fps, width=cfg.analysis_width, grey=True))
+        times = np.array([f.t for f in decoded])
+        frames = [f.image for f in decoded]
+        duration = duration or (info.n_frames / info.fps)
+    times = np.asarray(times, np.float64)
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / cfg.analysis_fps
+    signal = difference_signal(frames, pixel_threshold, blob_fraction)
+    thr = adaptive_threshold(signal, cfg.mad_k, min_delta)
+    chunks = chunks_from_signal(times, signal, thr, step, cfg.min_chunk_seconds, duration)
+    return ChunkDetection(chunks, times, signal, thr, step)
+
+
+def cursor_mask(shape_hw: tuple[int, int], x: float, y: float, pad: int = 3,
+                cursor_hw: tuple[int, int] = (20, 17)) -> tuple[slice, slice]:
+    """Frame slices covering a pointer whose hotspot is at (x, y) (pointers extend down and right)."""
+    h, w = shape_hw
+    ch, cw = cursor_hw
+    y0, y1 = max(0, int(y) - pad - 2), min(h, int(y) + ch + pad)
+    x0, x1 = max(0, int(x) - pad - 6), min(w, int(x) + cw + pad)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def median_frame(frames: list[np.ndarray], cursor_xy: list[tuple[float, float] | None] | None = None,
+                 cursor_hw: tuple[int, int] = (20, 17)) -> np.ndarray:
+    """Per-pixel median of RGB frames with the pointer (hotspot per frame, or None) masked out of each.
+
+    Pixels masked in every frame (a pointer that never moved) are inpainted from their surroundings.
+    """
+    import cv2
+
+    stack = np.stack(frames).astype(np.float32)  # (N, H, W, 3)
+    if cursor_xy is not None:
+        for k, xy in enumerate(cursor_xy):
+            if xy is not None:
+                ys, xs = cursor_mask(stack.shape[1:3], xy[0], xy[1], cursor_hw=cursor_hw)
+                stack[k, ys, xs] = np.nan
+    # nan-aware median by sorting (NaNs sort last): much faster than np.nanmedian on image stacks
+    valid = (~np.isnan(stack)).sum(axis=0)  # (H, W, 3)
+    stack.sort(axis=0)
+    lo = np.clip((valid - 1) // 2, 0, len(stack) - 1)
+    hi = np.clip(valid // 2, 0, len(stack) - 1)
+    med = 0.5 * (np.take_along_axis(stack, lo[None], 0)[0] + np.take_along_axis(stack, hi[None], 0)[0])
+    med[valid == 0] = np.nan
+    holes = np.isnan(med).any(axis=2)
+    med = np.nan_to_num(med, nan=0.0)
+    out = np.clip(med + 0.5, 0, 255).astype(np.uint8)
+    if holes.any():
+        out = cv2.inpaint(out, holes.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+    return out
+
+
+def representative_frames(path: str | Path, chunks: list[Chunk], cursor_rows: list[dict] | None = None,
+                          max_frames: int = 25, cursor_hw: tuple[int, int] = (20, 17)) -> list[np.ndarray]:
+    """One RGB representative frame per chunk (one extra decoding pass over the video)."""
+    from pathkit.video.decode import iter_frames, probe
+
+    fps = probe(path).fps
+    wanted: dict[int, int] = {}  # frame index -> chunk
+    for c, ch in enumerate(chunks):
+        first, last = int(round(ch.start * fps)), max(int(round(ch.end * fps)) - 1, int(round(ch.start * fps)))
+        for idx in np.unique(np.linspace(first, last, min(max_frames, last - first + 1)).round().astype(int)):
+            wanted[int(idx)] = c
+    by_t = {}
+    if cursor_rows:
+        by_t = {int(round(r["t"] * fps)): (r["x"], r["y"]) for r in cursor_rows}
+    frames: list[list[np.ndarray]] = [[] for _ in chunks]
+    xy: list[list] = [[] for _ in chunks]
+    for f in iter_frames(path, grey=False):
+        c = wanted.get(f.index)
+        if c is not None:
+            frames[c].append(f.image)
+            xy[c].append(by_t.get(f.index))
+    return [median_frame(fr, x if cursor_rows is not None else None, cursor_hw) for fr, x in zip(frames, xy)]
