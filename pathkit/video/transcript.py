@@ -58,7 +58,7 @@ def _parse_cues(path: Path, lines: list[str], first: int, vtt: bool) -> list[Utt
                 i += 1
             continue
         m = _CUE.match(line)
-        if m is None and i + 1 < n and "-->" not in line:  # cue identifier / SRT counter
+        if m is None and i + 1 < n and "-->" not in line and "-->" in lines[i + 1]:  # cue id / SRT counter
             if not vtt and not line.strip().isdigit():
                 raise PathkitError(f"{path}:{i + 1}: expected a cue number, got {line.strip()[:40]!r}")
             i += 1
