@@ -14,6 +14,7 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -231,7 +232,8 @@ class ConnectorConfig(ConfigBase):
 
     def validate(self) -> None:
         allowed = ("linear", "mlp2x_gelu", "scale_invariant", "pool", "identity")
-        self.check("type", self.type in allowed, f"must be one of {allowed}")
+        self.check("type", self.type in allowed or re.fullmatch(r"mlp[1-9]\d*x_gelu", self.type) is not None,
+                   f"must be one of {allowed} or mlpNx_gelu")
         self.check("num_tokens", self.num_tokens >= 1, "must be >= 1")
         self.check("qformer_layers", self.qformer_layers >= 1, "must be >= 1")
         self.check("max_tiles", self.max_tiles >= 1, "must be >= 1")

@@ -12,6 +12,15 @@ from pathkit.models.conversation import IGNORE_INDEX, tokenize_conversation
 from pathkit.models.vlm import PARTS, VisionLanguageModel
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are faster on one thread; two threads on a shared, busy 2-core machine spin (30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cfg(**overrides) -> Config:
     return Config.from_name("tiny").override(overrides) if overrides else Config.from_name("tiny")
 
@@ -274,3 +283,24 @@ def test_tiny_vlm_overfits_a_few_image_caption_pairs():
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0], losses
     assert m.answer([""] * 4, images=images, max_new_tokens=12) == captions
+
+
+def test_slide_features_through_longnet(tmp_path):
+    from pathkit.models.longnet import LongNetEncoder
+
+    small = {"longnet.in_dim": 32, "longnet.dim": 32, "longnet.depth": 1, "longnet.heads": 2,
+             "longnet.segment_lengths": [16, 64], "longnet.dilation_rates": [1, 2]}
+    cfg = _cfg(**{"connector.type": "pool", "connector.num_tokens": 8, **small})
+    pretrained = LongNetEncoder(cfg.longnet).save_pretrained(tmp_path / "slide_encoder")
+    m = VisionLanguageModel.from_config(cfg, vision="slide", slide_encoder=pretrained).eval()
+    feats = [torch.randn(50, 32), torch.randn(20, 32)]
+    coords = [torch.randint(0, 4096, (50, 2)), torch.randint(0, 4096, (20, 2))]
+    assert [t.shape[0] for t in m.encode_slides(feats, coords)] == [8, 8]
+    ids, mask, labels = _batch(m, [_conv("Diagnosis?", "Tumor."), _conv("Diagnosis?", "Normal.")])
+    before = m(ids, mask, labels, slide_features=list(zip(feats, coords))).logits  # (features, coords) pairs
+    with pytest.raises(PathkitError, match="slide_coords"):
+        m(ids, mask, labels, slide_features=feats)
+    m.save_pretrained(tmp_path / "vlm")
+    loaded = VisionLanguageModel.from_pretrained(tmp_path / "vlm").eval()
+    after = loaded(ids, mask, labels, slide_features=feats, slide_coords=coords).logits
+    torch.testing.assert_close(after, before, atol=0, rtol=0)

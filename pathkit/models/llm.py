@@ -16,6 +16,7 @@ trained through pathkit always reloads through the same two steps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -137,7 +138,8 @@ def build_tiny_llm(out_dir: str | Path, name: str = "tiny", seed: int = TINY_SEE
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id, do_sample=False)
-    model.save_pretrained(str(out_dir))
+    with _quiet_progress():
+        model.save_pretrained(str(out_dir))
     return out_dir
 
 
@@ -158,6 +160,20 @@ def tiny_llm_dir(name: str = "tiny") -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """No per-shard progress bars from transformers while loading small local checkpoints."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _resolve(name_or_path: str | Path) -> str:
@@ -200,11 +216,12 @@ def load_llm(name_or_path: str | Path = "tiny", dtype=None, device: str = "cpu")
     source = _resolve(name_or_path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype) if dtype is not None \
-            else AutoModelForCausalLM.from_pretrained(source)
-    except OSError as err:
-        raise PathkitError(f"LLM {name_or_path!r}: cannot load ({str(err).splitlines()[0]})") from err
+    with _quiet_progress():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype) if dtype is not None \
+                else AutoModelForCausalLM.from_pretrained(source)
+        except OSError as err:
+            raise PathkitError(f"LLM {name_or_path!r}: cannot load ({str(err).splitlines()[0]})") from err
     prepare_tokenizer(tokenizer, model)
     return model.to(device), tokenizer

@@ -72,11 +72,12 @@ class VisionLanguageModel(nn.Module):
     # ------------------------------------------------------------------------------------------- building
 
     @classmethod
-    def from_config(cls, cfg, vision: str = "image", slide_encoder: bool = True, llm_name: str | None = None,
-                    lora: bool = True) -> VisionLanguageModel:
+    def from_config(cls, cfg, vision: str = "image", slide_encoder: bool | str | Path = True,
+                    llm_name: str | None = None, lora: bool = True) -> VisionLanguageModel:
         """Build from a :class:`pathkit.config.Config`: encoder ``cfg.encoder`` (image) or LongNet ``cfg.longnet``
-        (slide; ``slide_encoder=False`` feeds tile features straight to the connector), connector
-        ``cfg.connector``, LLM ``cfg.llm`` (LoRA when ``cfg.llm.lora_r > 0`` and ``lora``).
+        (slide; random init, or loaded when ``slide_encoder`` is a checkpoint path; ``slide_encoder=False``
+        feeds tile features straight to the connector), connector ``cfg.connector``, LLM ``cfg.llm`` (LoRA when
+        ``cfg.llm.lora_r > 0`` and ``lora``).
 
         Default freeze state: vision and LLM weights frozen; connector, slide encoder and LoRA trainable."""
         from pathkit.models.llm import load_llm
@@ -94,7 +95,11 @@ class VisionLanguageModel(nn.Module):
             if slide_encoder:
                 from pathkit.models.longnet import LongNetEncoder
 
-                encoder = LongNetEncoder(cfg.longnet)
+                if isinstance(slide_encoder, (str, Path)):  # e.g. WSI-LLaVA stage 1's contrastive slide encoder
+                    encoder = LongNetEncoder.from_pretrained(slide_encoder)
+                    cfg = cfg.replace(longnet=encoder.cfg)
+                else:
+                    encoder = LongNetEncoder(cfg.longnet)
                 in_dim = cfg.longnet.dim
             else:
                 in_dim = cfg.longnet.in_dim
@@ -133,7 +138,13 @@ class VisionLanguageModel(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute LLM activations in backward (non-reentrant, so frozen embeddings are fine)."""
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        options = {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):  # the newer transformers name
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+        if self.slide_encoder is not None and hasattr(self.slide_encoder, "gradient_checkpointing"):
+            self.slide_encoder.gradient_checkpointing = True
         self.llm.config.use_cache = False
 
     # ------------------------------------------------------------------------------------------- freezing
@@ -228,22 +239,30 @@ class VisionLanguageModel(nn.Module):
 
     def encode_slides(self, slide_features: list[torch.Tensor],
                       slide_coords: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Visual tokens per slide, each (T', H), from tile features (N_i, D) and coords (N_i, 2)."""
+        """Visual tokens per slide, each (T', H), from tile features (N_i, D) and coords (N_i, 2).
+
+        An item of ``slide_features`` may also be a ``(features, coords)`` pair or a dict with those keys."""
         device = next(self.connector.parameters(), torch.empty(0)).device
         out = []
         for i, feats in enumerate(slide_features):
+            coords_i = slide_coords[i] if slide_coords is not None else None
+            if isinstance(feats, dict):  # {"features", "coords"} as read from a feature file
+                feats, coords_i = feats["features"], feats.get("coords", coords_i)
+            elif isinstance(feats, (tuple, list)):  # (features, coords)
+                feats, coords_i = feats
             feats = torch.as_tensor(feats, dtype=torch.float32, device=device)
             if feats.dim() != 2:
                 raise PathkitError(f"slide_features[{i}]: expected (N, D), got {tuple(feats.shape)}")
             x = feats.unsqueeze(0)  # (1, N, D)
             if self.slide_encoder is not None:
-                if slide_coords is None:
-                    raise PathkitError("slide_coords: required by the LongNet slide encoder")
+                if coords_i is None:
+                    raise PathkitError(f"slide_coords[{i}]: required by the LongNet slide encoder (pass "
+                                       "slide_coords, or (features, coords) pairs as slide_features)")
                 expected = self.cfg.longnet.in_dim
                 if feats.shape[1] != expected:
                     raise PathkitError(f"slide_features[{i}]: feature dim {feats.shape[1]} != longnet.in_dim "
                                        f"{expected}")
-                coords = torch.as_tensor(slide_coords[i], device=device).float().unsqueeze(0)  # (1, N, 2)
+                coords = torch.as_tensor(coords_i, device=device).float().unsqueeze(0)  # (1, N, 2)
                 x = self.slide_encoder(x, coords)  # (1, N + 1, D')
             out.append(self.connector(x)[0])  # (T', H)
         return out
