@@ -136,16 +136,17 @@ class Journal:
 # Relative score
 # --------------------------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_PAIR = re.compile(r"(-?\d+(?:\.\d+)?)\s+(-?\d+(?:\.\d+)?)")
 
 
 def parse_score_pair(reply: str) -> list[float]:
-    """Two scores from the reply's first line ("8 6", "8, 6", "8.5 6"), each in [0, 10]."""
+    """Two scores from the reply's first line, which holds only them ("8 6", "8, 6", "8.5 6"), each in [0, 10]
+    (the seeds' parser: the first line, commas to spaces, exactly two numbers)."""
     first = (reply or "").strip().split("\n")[0]
-    nums = _NUMBER.findall(first.replace(",", " "))
-    if len(nums) != 2:
+    m = _PAIR.fullmatch(first.replace(",", " ").strip())
+    if m is None:
         raise MalformedReply(f"expected two scores on the first line, got {first[:60]!r}")
-    pair = [float(n) for n in nums]
+    pair = [float(m.group(1)), float(m.group(2))]
     if not all(0 <= s <= 10 for s in pair):
         raise MalformedReply(f"scores out of range: {pair}")
     return pair
