@@ -121,7 +121,10 @@ def read_items(path: str | Path, failures: FailureLog | None = None) -> list[Inp
             raise PathkitError(f"{path}: expected a JSON list of rows")
         rows = list(enumerate(data, start=1))
     else:
-        rows = list(iter_jsonl(path, strict=failures is None))
+        parse_errors: list[str] = []
+        rows = list(iter_jsonl(path, strict=failures is None, errors=parse_errors))
+        for msg in parse_errors:  # "file:line: invalid JSON (...)"
+            failures.add(msg.split(": ", 1)[0], msg.split(": ", 1)[1])
     items, seen = [], {}
     for lineno, row in rows:
         try:

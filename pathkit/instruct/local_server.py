@@ -46,6 +46,19 @@ FAULT_KINDS = ("rate_limit", "server_error", "slow", "malformed", "drop")
 MALFORMED_CONTENT = 'Sure! Here is the JSON you asked for: {"conversations": [{"from": "human", "value": '
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Clients that vanish mid-request (killed, timed out) are normal here, not tracebacks on stderr."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Fault:
     kind: str
@@ -114,9 +127,7 @@ class LocalServer:
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._count = 0
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._httpd.request_queue_size = 128
+        self._httpd = _QuietHTTPServer((host, port), self._handler_class())
         host, port = self._httpd.server_address[:2]
         self.base_url = f"http://{host}:{port}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="pathkit-local-server",
