@@ -44,7 +44,7 @@ MORPHOLOGY: dict[str, tuple[str, ...]] = {
               "glandular structures lined by a single layer of epithelium around open lumina",
               "round to oval lumina surrounded by radially oriented epithelial nuclei"),
     "adipose": ("large empty polygonal fat cells with thin pink membranes",
-                "mature adipocytes: clear vacuoles separated by delicate septa",
+                "mature adipocytes forming clear vacuoles separated by delicate septa",
                 "adipose tissue of large clear cells with flattened peripheral nuclei"),
 }
 _OPENERS = (
