@@ -75,7 +75,7 @@ def sample_attributes(label: str, rng: np.random.Generator) -> dict[str, Any]:
     if label == "tumor":
         grade = int(rng.integers(1, 4))
         attrs.update(grade=grade, mitoses=bool(rng.random() < 0.5),
-                     nuclear_density=round(u(0.38, 0.46) + 0.05 * (grade - 1), 3),
+                     nuclear_density=round(u(0.45, 0.55) + 0.05 * (grade - 1), 3),
                      pleomorphism=round(u(0.15, 0.25) + 0.12 * (grade - 1), 3))
     elif label == "stroma":
         attrs.update(nuclear_density=round(u(0.03, 0.08), 3), fibre_angle=round(u(0.0, 180.0), 1),
