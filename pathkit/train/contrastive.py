@@ -1,0 +1,367 @@
+"""Contrastive pre-training of :class:`pathkit.models.clip.PathologyCLIP` with Lightning.
+
+PA-LLaVA stage 1 (its pathology CLIP) trains on image-caption pairs; WSI-LLaVA stage 1 aligns a slide encoder with
+reports. Both are :func:`train_clip`:
+
+    from pathkit.train.contrastive import train_clip, ensure_clip
+    summary = train_clip(cfg, out_dir, source="tiles", data_dir=workdir)      # image tower cfg.encoder
+    summary = train_clip(cfg, out_dir, source="slides", data_dir=workdir)     # LongNet over tile features
+    model = ensure_clip(workdir, cfg, seed)   # notebooks: reuse workdir/clip/model, else train it there
+
+``train_clip`` writes ``out_dir/model/`` (:meth:`PathologyCLIP.save_pretrained`: ``image_encoder/`` loadable by
+``load_encoder``, or ``slide_encoder/`` + ``slide_encoder.pt`` for slides; ``text_encoder/``; heads),
+``out_dir/losses.jsonl`` (one row per optimiser step), ``out_dir/logs/`` (Lightning CSV logs) and, last,
+``out_dir/metrics.json`` (held-out retrieval R@1/R@5 and zero-shot accuracy before and after training,
+samples/s). A folder with ``metrics.json`` is complete.
+
+Pieces, usable on their own: :class:`TileCaptionDataset` (A's synthetic tiles: ``metadata.jsonl`` rows with
+``image``, ``caption``, ``label``), :class:`SlideReportDataset` (C's HDF5 features + the slide's report),
+:class:`PairDataModule`, :class:`ContrastiveModule` (loss, AdamW, cosine schedule with warm-up, logging of loss
+parts, temperature, ITM accuracy and samples/s) and :func:`evaluate_clip`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pathkit.io import PathkitError, write_json, write_jsonl
+from pathkit.models.clip import PathologyCLIP, build_clip, retrieval_metrics
+from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def tile_class_prompts(classes: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Zero-shot prompts per tissue class (prompt ensembling, as CLIP does)."""
+    if classes is None:
+        from pathkit.synthetic.tissue import CLASSES as classes
+    templates = ("an H&E image of {}.", "a histopathology image showing {}.", "a tissue tile of {}.")
+    return {c: [t.format(c) for t in templates] for c in classes}
+
+
+def slide_class_prompts(diagnoses: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Zero-shot prompts per slide diagnosis."""
+    if diagnoses is None:
+        from pathkit.synthetic.slides import DIAGNOSES
+
+        diagnoses = list(DIAGNOSES)
+    templates = ("a whole-slide image of {}.", "the diagnosis is {}.", "histopathology consistent with {}.")
+    return {d: [t.format(d) for t in templates] for d in diagnoses}
+
+
+class TileCaptionDataset(Dataset):
+    """Image-caption pairs from a synthetic tile folder: items ``{"pixel_values", "text", "label"}``.
+
+    Preprocessed tiles are kept in memory after the first read (small datasets; ``num_workers=0``).
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], root: str | Path, preprocess, cache: bool = True):
+        self.rows, self.root, self.preprocess, self.cache = rows, Path(root), preprocess, cache
+        self._cache: dict[int, torch.Tensor] = {}
+        for i, row in enumerate(rows):
+            for key in ("image", "caption", "label"):
+                if key not in row:
+                    raise PathkitError(f"{self.root}/metadata.jsonl:{i + 1}: missing field {key!r}")
+
+    @classmethod
+    def from_folder(cls, root: str | Path, preprocess, split: str | None = "train") -> TileCaptionDataset:
+        from pathkit.synthetic.tiles import TileDataset
+
+        return cls(TileDataset.at(root).metadata(split), root, preprocess)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        pixels = self._cache.get(index)
+        if pixels is None:
+            from PIL import Image
+
+            path = self.root / row["image"]
+            try:
+                with Image.open(path) as im:
+                    arr = self.preprocess.to_array(im.convert("RGB"))  # (S, S, 3) float32
+            except (FileNotFoundError, OSError) as err:
+                raise PathkitError(f"{path}: cannot read image ({type(err).__name__})") from err
+            pixels = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+            if self.cache:
+                self._cache[index] = pixels
+        return {"pixel_values": pixels, "text": row["caption"], "label": row["label"]}
+
+
+def collate_tiles(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"images": torch.stack([it["pixel_values"] for it in items]),
+            "texts": [it["text"] for it in items], "labels": [it["label"] for it in items]}
+
+
+class SlideReportDataset(Dataset):
+    """Slide-report pairs: items ``{"features" (N, D), "coords" (N, 2), "text", "label"}``.
+
+    ``records``: dicts with ``features`` (an HDF5 feature file, DESIGN.md contract), ``report`` and
+    ``diagnosis`` (as :func:`pathkit.wsi.pipeline.ensure_wsi_features` returns them).
+    """
+
+    def __init__(self, records: list[dict[str, Any]]):
+        for i, rec in enumerate(records):
+            for key in ("features", "report", "diagnosis"):
+                if key not in rec:
+                    raise PathkitError(f"slide record {i}: missing field {key!r}")
+        self.records = records
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        if index not in self._cache:
+            from pathkit.wsi.features import read_features
+
+            coords, feats, _ = read_features(rec["features"])
+            if feats is None:
+                raise PathkitError(f"{rec['features']}: no 'features' dataset (a coords-only file)")
+            self._cache[index] = (torch.from_numpy(feats), torch.from_numpy(coords).float())
+        feats, coords = self._cache[index]
+        return {"features": feats, "coords": coords, "text": rec["report"], "label": rec["diagnosis"]}
+
+
+def collate_slides(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"images": {"features": [it["features"] for it in items], "coords": [it["coords"] for it in items]},
+            "texts": [it["text"] for it in items], "labels": [it["label"] for it in items]}
+
+
+class PairDataModule(L.LightningDataModule):
+    """Shuffled batches of pairs; the last incomplete batch is dropped when the set holds a full batch
+    (a contrastive batch of one teaches nothing)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, collate, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.dataset, self.batch_size, self.collate = dataset, int(batch_size), collate
+        self.seed, self.num_workers = seed, num_workers
+
+    def batches_per_epoch(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if n >= self.batch_size else 1
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=gen,
+                          collate_fn=self.collate, drop_last=len(self.dataset) >= self.batch_size,
+                          num_workers=self.num_workers)
+
+
+def positives_from_texts(texts: Sequence[str], device=None) -> torch.Tensor:
+    """(B, B) bool: pairs whose texts are identical also match (so a duplicate caption is not a negative)."""
+    ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    idx = torch.tensor([ids[t] for t in texts], device=device)
+    return idx[:, None] == idx[None, :]
+
+
+# ------------------------------------------------------------------------------------------------------- module
+
+
+class ContrastiveModule(L.LightningModule):
+    """Lightning wrapper of a PathologyCLIP: contrastive + ITM loss, AdamW, linear warm-up then cosine.
+
+    Args:
+        model: the PathologyCLIP (kept as a plain nn.Module; not saved into hparams).
+        total_steps: optimiser steps of the whole run (schedule length).
+        lr, weight_decay, betas, warmup_ratio, min_lr_ratio: optimiser and schedule (decay is not applied to
+            biases, norms and the temperature).
+        itm_weight: weight of the matching loss (0 = contrastive only).
+        freeze: parts to freeze: ``image`` and/or ``text`` towers.
+    """
+
+    def __init__(self, model: PathologyCLIP, total_steps: int, lr: float = 1e-3, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.98), warmup_ratio: float = 0.1, min_lr_ratio: float = 0.0,
+                 itm_weight: float = 1.0, freeze: Sequence[str] = ()):
+        super().__init__()
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+        for part in freeze:
+            tower = {"image": model.image_tower, "text": model.text_tower}.get(part)
+            if tower is None:
+                raise PathkitError(f"ContrastiveModule.freeze={list(freeze)!r}: parts are 'image' and 'text'")
+            tower.requires_grad_(False)
+        self.history: list[dict[str, float]] = []
+        self._t_batch: float | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._t_batch = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        texts = batch["texts"]
+        out = self.model(batch["images"], texts, positives_from_texts(texts, self.device),
+                         itm_weight=self.hparams.itm_weight)
+        n = len(texts)
+        logs = {"train/loss": out["loss"], "train/loss_contrastive": out["loss_contrastive"],
+                "train/loss_itm": out["loss_itm"], "train/temperature": torch.tensor(self.model.temperature)}
+        if "itm_accuracy" in out:
+            logs["train/itm_accuracy"] = out["itm_accuracy"]
+        self.log_dict(logs, prog_bar=False, batch_size=n)
+        self._last = {k.split("/")[1]: float(v.detach()) for k, v in logs.items()}
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        seconds = time.perf_counter() - (self._t_batch or time.perf_counter())
+        sps = len(batch["texts"]) / max(seconds, 1e-9)
+        self.log("train/samples_per_sec", sps, batch_size=len(batch["texts"]))
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0.0
+        self.history.append({"step": int(self.global_step), **getattr(self, "_last", {}),
+                             "n": len(batch["texts"]), "samples_per_sec": sps, "lr": lr})
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 and "logit_scale" not in name else no_decay).append(p)
+        hp = self.hparams
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        total = max(1, int(hp.total_steps))
+        warm = warmup_steps_for(total, hp.warmup_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: cosine_with_warmup(step, total, warm, hp.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# ------------------------------------------------------------------------------------------------------- eval
+
+
+@torch.no_grad()
+def evaluate_clip(model: PathologyCLIP, dataset: Dataset, collate, class_prompts: dict[str, list[str]],
+                  batch_size: int = 64) -> dict[str, Any]:
+    """Held-out retrieval (R@1, R@5 both ways; identical captions count as matches) and zero-shot accuracy."""
+    was_training = model.training
+    model.eval()
+    imgs, txts, labels, texts = [], [], [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        imgs.append(model.encode_image(_to_device(batch["images"], _device(model))))
+        txts.append(model.encode_text(batch["texts"]))
+        labels += batch["labels"]
+        texts += batch["texts"]
+    img, txt = torch.cat(imgs), torch.cat(txts)
+    metrics = retrieval_metrics(img, txt, (1, 5), positives_from_texts(texts, img.device))
+    names, cls = model.class_embeddings(class_prompts)
+    pred = (img @ cls.t()).argmax(dim=-1).tolist()
+    metrics["zero_shot_accuracy"] = float(np.mean([names[p] == y for p, y in zip(pred, labels)]))
+    metrics["zero_shot_chance"] = 1.0 / len(names)
+    metrics["retrieval_chance_r1"] = 1.0 / len(texts)
+    metrics["n"] = len(texts)
+    model.train(was_training)
+    return metrics
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to_device(images, device):
+    if isinstance(images, dict):
+        return {k: [t.to(device) for t in v] for k, v in images.items()}
+    return images.to(device)
+
+
+# ------------------------------------------------------------------------------------------------------- runs
+
+
+def clip_data(cfg, source: str, data_dir: str | Path, preprocess=None, seed: int = 0
+              ) -> tuple[Dataset, Dataset, Any, dict[str, list[str]]]:
+    """(train set, held-out set, collate, class prompts) for ``source`` = ``tiles`` or ``slides``, built under
+    ``data_dir`` (the notebooks' workdir layout) when missing."""
+    data_dir = Path(data_dir)
+    if source == "tiles":
+        from pathkit.synthetic.tiles import ensure_tile_dataset
+
+        ds = ensure_tile_dataset(data_dir / "synthetic" / "tiles", cfg.synthetic, seed)
+        train = TileCaptionDataset(ds.metadata("train"), ds.root, preprocess)
+        held = TileCaptionDataset(ds.metadata("heldout"), ds.root, preprocess)
+        return train, held, collate_tiles, tile_class_prompts(sorted({r["label"] for r in ds.metadata()}))
+    if source == "slides":
+        from pathkit.wsi.pipeline import ensure_wsi_features
+
+        records = ensure_wsi_features(data_dir, cfg, seed)
+        # every slide trains (few slides at the tiny preset); retrieval/zero-shot are reported on them too
+        ds = SlideReportDataset(records)
+        return ds, ds, collate_slides, slide_class_prompts(sorted({r["diagnosis"] for r in records}))
+    raise PathkitError(f"train_clip: source={source!r}: must be tiles or slides")
+
+
+def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str | Path | None = None,
+               vision: str | None = None, epochs: int | None = None, batch_size: int | None = None,
+               lr: float | None = None, weight_decay: float = 0.1, warmup_ratio: float = 0.1,
+               max_steps: int = -1, itm_weight: float | None = None, freeze: Sequence[str] = (),
+               seed: int | None = None, progress: bool = False, evaluate: bool = True) -> dict[str, Any]:
+    """Train a PathologyCLIP and save it to ``out_dir/model``; returns the summary written to ``metrics.json``.
+
+    Args:
+        cfg: a :class:`pathkit.config.Config` (towers: ``cfg.encoder`` / ``cfg.longnet``, ``cfg.text_encoder``;
+            heads: ``cfg.clip``; trainer: ``cfg.train`` accelerator/precision/grad_clip).
+        out_dir: output folder (``model/``, ``losses.jsonl``, ``logs/``, ``metrics.json``).
+        source: ``tiles`` (image-caption pairs) or ``slides`` (slide features + reports).
+        data_dir: where the synthetic data lives or is built (a notebook workdir); default ``out_dir``.
+        vision: image tower: ``image`` (default for tiles), ``longnet`` (default for slides) or ``mean``.
+        epochs, batch_size, lr: default ``cfg.train``'s.
+        max_steps: > 0 caps optimiser steps. itm_weight: default ``cfg.clip.itm_weight``.
+        freeze: towers to keep frozen (``image``, ``text``).
+        seed: default ``cfg.seed``. progress: show Lightning's progress bar.
+        evaluate: compute held-out retrieval / zero-shot before and after (the ``metrics.json`` numbers).
+    """
+    out_dir = Path(out_dir)
+    seed = cfg.seed if seed is None else seed
+    L.seed_everything(seed, workers=True, verbose=False)
+    vision = vision or ("image" if source == "tiles" else "longnet")
+    model = build_clip(cfg, vision=vision)
+    train_set, held_set, collate, prompts = clip_data(cfg, source, data_dir or out_dir, model.preprocess, seed)
+    t = cfg.train
+    epochs = epochs or t.epochs
+    batch_size = batch_size or t.batch_size
+    dm = PairDataModule(train_set, batch_size, collate, seed=seed, num_workers=0)
+    total = dm.batches_per_epoch() * epochs if max_steps <= 0 else max_steps
+    module = ContrastiveModule(model, total_steps=total, lr=lr or t.lr, weight_decay=weight_decay,
+                               warmup_ratio=warmup_ratio,
+                               itm_weight=cfg.clip.itm_weight if itm_weight is None else itm_weight,
+                               freeze=freeze)
+    before = evaluate_clip(model, held_set, collate, prompts) if evaluate else {}
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer = L.Trainer(max_epochs=epochs, max_steps=max_steps, accelerator=t.accelerator, devices=1,
+                        precision=t.precision if torch.cuda.is_available() else "32-true",
+                        gradient_clip_val=t.grad_clip or None, logger=CSVLogger(out_dir, name="logs"),
+                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                        log_every_n_steps=1, num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - start
+    model = module.model.cpu().eval()
+    after = evaluate_clip(model, held_set, collate, prompts) if evaluate else {}
+    model.save_pretrained(out_dir / "model")
+    write_jsonl(out_dir / "losses.jsonl", module.history)
+    seen = sum(h["n"] for h in module.history)
+    summary = {"source": source, "vision": vision, "steps": len(module.history), "epochs": epochs,
+               "batch_size": batch_size, "seconds": seconds, "samples_per_sec": seen / max(seconds, 1e-9),
+               "final_loss": module.history[-1]["loss"] if module.history else None,
+               "temperature": model.temperature, "before": before, "after": after,
+               "model": str(out_dir / "model")}
+    write_json(out_dir / "metrics.json", summary)
+    return summary
+
+
+def ensure_clip(workdir: str | Path, cfg, seed: int = 0, source: str = "tiles", progress: bool = False,
+                **train_kwargs: Any) -> PathologyCLIP:
+    """The CLIP under ``workdir/clip`` (``workdir/clip_slides`` for slides): loaded when complete
+    (``metrics.json`` present), else trained there on the workdir's synthetic data first."""
+    out_dir = Path(workdir) / ("clip" if source == "tiles" else "clip_slides")
+    if not ((out_dir / "metrics.json").is_file() and (out_dir / "model" / "clip_config.json").is_file()):
+        train_clip(cfg, out_dir, source=source, data_dir=workdir, seed=seed, progress=progress, **train_kwargs)
+    return PathologyCLIP.from_pretrained(out_dir / "model")
