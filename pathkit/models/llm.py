@@ -17,6 +17,7 @@ trained through pathkit always reloads through the same two steps.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -37,8 +38,9 @@ TINY_SPECS = {
     "tiny-gpu": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
                      num_key_value_heads=4, max_position_embeddings=4096),
 }
-TINY_VOCAB_SIZE = 2048
+TINY_VOCAB_SIZE = 4096
 TINY_SEED = 1234
+TINY_BUILD_VERSION = 3  # bump when the tiny recipe changes: cached folders of another version are rebuilt
 
 # The tokenizer's training corpus: the words of pathkit's synthetic captions, questions and reports, the chat
 # templates, and everyday English, so common words are single tokens. Byte-level BPE still encodes any text.
@@ -60,6 +62,13 @@ round oval spindle elongated irregular regular uniform variable size shape large
 clusters abundant scant moderate mild marked severe focal diffuse present absent visible seen shows showing
 contains containing composed consists predominantly mostly mainly area areas percent fraction proportion
 yes no true false option options choice answer question image picture photo
+adipocytes aligned along amorphous best bundles central choose clear closely coarse collagenous columnar crowded
+dark delicate describes dust empty enlarged fibres fibers fibroblast flattened following forming fragments granular
+h&e-stained histologic layer lined loose lumina lymphoid mature membranes monotonous name note
+nuclear-to-cytoplasmic open option's oriented packed peripheral pink polygonal radially ratio rich ring section
+separated septa single spindle-shaped structures surrounded thin viable wavy white word grade score scores tumour
+fragmented material pyknotic karyolysis nuclear cytoplasmic stained shaped
+0 1 2 3 4 5 6 7 8 9 10 20 50 100 percent % mm um micron microns
 """
 _ENGLISH = """
 the a an of and or in on at to from with without by for is are was were be been being has have had do does did
@@ -82,7 +91,8 @@ def _tiny_corpus() -> list[str]:
     """Sentences the tiny tokenizer is trained on (deterministic)."""
     words = _PATHOLOGY_WORDS.split() + _ENGLISH.split()
     lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
-    lines += [w.capitalize() for w in _PATHOLOGY_WORDS.split()]
+    # every word also after a space and capitalised, so " word" and "Word" become single tokens
+    lines += [f"{w} {w} {w.capitalize()} {w.capitalize()}." for w in dict.fromkeys(words)]
     lines += [
         "Is there tumor in this image? Yes.", "Is there necrosis in this image? No.",
         "What tissue type is shown? A) tumor B) stroma C) lymphocytes D) necrosis E) gland F) adipose",
@@ -90,12 +100,7 @@ def _tiny_corpus() -> list[str]:
         "Answer with yes or no.", "The image shows tumor with high nuclear density and many mitoses.",
         "Describe the tissue in this image.", "What is the diagnosis of this whole slide image?",
     ]
-    try:  # the synthetic text generator's own words, when that module is present
-        from pathkit.synthetic import text as synthetic_text  # type: ignore[attr-defined]
-
-        lines += list(getattr(synthetic_text, "VOCABULARY", ()))
-    except Exception:  # noqa: BLE001 - optional enrichment; the built-in corpus is complete on its own
-        pass
+    # The corpus is self-contained on purpose: the tiny tokenizer must not change when other modules do.
     return lines * 4  # repetition makes whole words win BPE merges
 
 
@@ -146,12 +151,17 @@ def build_tiny_llm(out_dir: str | Path, name: str = "tiny", seed: int = TINY_SEE
 def tiny_llm_dir(name: str = "tiny") -> Path:
     """The cache folder of a tiny LLM, built on first use (atomically: a half-built folder is never visible)."""
     final = cache_dir() / "llm" / name
-    if (final / "config.json").exists() and (final / "tokenizer.json").exists():
+    if _built_version(final) == TINY_BUILD_VERSION:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
         build_tiny_llm(tmp, name=name)
+        (tmp / "pathkit_build.json").write_text(json.dumps({"name": name, "version": TINY_BUILD_VERSION}))
+        if final.exists() and _built_version(final) != TINY_BUILD_VERSION:  # stale: move it aside first
+            stale = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=final.parent))
+            os.replace(final, stale / name)
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.replace(tmp, final)  # another process may have won the race; its folder is identical
         except OSError:
@@ -160,6 +170,13 @@ def tiny_llm_dir(name: str = "tiny") -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _built_version(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "pathkit_build.json").read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextlib.contextmanager
