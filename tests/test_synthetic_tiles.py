@@ -386,3 +386,16 @@ def test_cli_synth_slide(tmp_path):
     result = CliRunner().invoke(app, ["synth", "slide", str(out), "--width", "512", "--height", "512"])
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 0
+
+
+def test_eval_scorer_reads_our_answers_and_constant_guessing_is_at_chance(tiny_tiles):
+    """pathkit.eval's closed-set rule parses the ground truths, and a model that ignores the image (always
+    "yes", always "A") scores chance: 0.5 on yes/no, about 0.25 on four options."""
+    metrics = pytest.importorskip("pathkit.eval.metrics")
+    qs = [q for q in tiny_tiles.questions("heldout") if q["answer_type"] == "CLOSED"]
+    assert all(metrics.closed_correct(q["answer"], q["answer"]) for q in qs)
+    yes_no = [q["answer"] for q in qs if q["answer"] in ("yes", "no")]
+    letters = [q["answer"] for q in qs if q["answer"] in "ABCD"]
+    assert metrics.closed_accuracy(["yes"] * len(yes_no), yes_no) == pytest.approx(0.5, abs=0.02)
+    assert metrics.closed_accuracy(["no"] * len(yes_no), yes_no) == pytest.approx(0.5, abs=0.02)
+    assert 0.1 <= metrics.closed_accuracy(["A"] * len(letters), letters) <= 0.45
