@@ -304,3 +304,22 @@ def test_slide_features_through_longnet(tmp_path):
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "vlm").eval()
     after = loaded(ids, mask, labels, slide_features=feats, slide_coords=coords).logits
     torch.testing.assert_close(after, before, atol=0, rtol=0)
+
+
+def test_same_logits_as_transformers_llava(model):
+    """A peer implementation: transformers' LlavaForConditionalGeneration with the same weights."""
+    from pathkit.models.hf_llava import expand_image_tokens, to_hf_llava
+
+    hf = to_hf_llava(model)
+    convs = [_conv("Is there tumor?", "Yes."), _conv("Describe the tissue in this image at length.", "Stroma.")]
+    ids, mask, labels = _batch(model, convs)
+    pixels = model.prepare_images(_images(2, seed=7))
+    with torch.no_grad():
+        ours = model(ids, mask, labels, images=pixels)
+        hf_ids, hf_mask, hf_labels = expand_image_tokens(ids, mask, labels, model.image_token_id,
+                                                         model.vision_tower.num_tokens)
+        theirs = hf(input_ids=hf_ids, attention_mask=hf_mask, pixel_values=pixels, labels=hf_labels)
+    assert theirs.logits.shape == ours.logits.shape
+    valid = hf_mask.bool()
+    torch.testing.assert_close(ours.logits[valid], theirs.logits[valid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.loss, theirs.loss, atol=1e-5, rtol=1e-5)
