@@ -327,6 +327,11 @@ def test_reuses_complete_folder_and_rebuilds_incomplete_one(tmp_path):
     ds = ensure_tile_dataset(tmp_path, cfg, seed=0, progress=False)
     assert image.read_bytes() == original and ds.paths["done"].exists()
 
+    ds.paths["done"].write_text("{torn")  # a corrupt marker counts as incomplete
+    image.write_bytes(b"torn")
+    ds = ensure_tile_dataset(tmp_path, cfg, seed=0, progress=False)
+    assert image.read_bytes() == original
+
     bigger = cfg.replace(tiles_per_class=4)  # other parameters: rebuilt, old files gone
     ds = ensure_tile_dataset(tmp_path, bigger, seed=0, progress=False)
     assert len(ds.metadata()) == 24 and len(list(ds.paths["images"].glob("*.png"))) == 24
@@ -339,10 +344,19 @@ def test_larger_tiles(tmp_path, size):
     assert ds.load_image(ds.metadata()[0]).shape == (size, size, 3)
 
 
-def test_load_image_error_names_the_file(tmp_path):
+def test_bad_files_give_one_line_errors_naming_them(tmp_path):
+    from pathkit.io import PathkitError
+
     ds = TileDataset.at(tmp_path)
-    with pytest.raises(Exception, match="missing.png"):
+    with pytest.raises(PathkitError, match="missing.png"):
         ds.load_image({"image": "images/missing.png"})
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(PathkitError, match="bad.png: cannot read image"):
+        ds.load_image({"image": "images/bad.png"})
+    ds.paths["metadata"].write_text('{"id": "a"}\n{broken\n')
+    with pytest.raises(PathkitError, match="metadata.jsonl:2: invalid JSON"):
+        ds.metadata()
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -47,6 +47,11 @@ MORPHOLOGY: dict[str, tuple[str, ...]] = {
                 "mature adipocytes forming clear vacuoles separated by delicate septa",
                 "adipose tissue of large clear cells with flattened peripheral nuclei"),
 }
+# How a yes/no question names a class ("Does this image show glandular tissue?").
+_ASKED: dict[str, str] = {
+    "tumor": "tumor tissue", "stroma": "stroma", "lymphocytes": "a lymphocytic infiltrate",
+    "necrosis": "necrosis", "gland": "glandular tissue", "adipose": "adipose tissue",
+}
 _OPENERS = (
     "This H&E-stained section shows {noun_phrase}.",
     "The image shows {noun_phrase}.",
@@ -123,8 +128,8 @@ def questions_for(label: str, attributes: dict[str, Any], rng: np.random.Generat
     if label not in CLASSES:
         raise ValueError(f"label={label!r}: must be one of {CLASSES}")
     asked = label if yes else _pick(rng, [c for c in classes if c != label])
-    stem = _pick(rng, ("Is this {} tissue?", "Does this image show {}?", "Is {} the tissue shown here?"))
-    out = [_yes_no(stem.format(NOUNS[asked]), asked == label, "tissue_yes_no")]
+    stem = _pick(rng, ("Does this image show {}?", "Is this {}?", "Is {} the main tissue shown here?"))
+    out = [_yes_no(stem.format(_ASKED[asked]), asked == label, "tissue_yes_no")]
     out.append(choice_question(label, rng, classes))
     out.append({"text": _pick(rng, ("What type of tissue is shown in this image?",
                                     "What tissue is this? Answer with one word.",
