@@ -51,27 +51,46 @@ def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold:
     import cv2
 
     diff = cv2.absdiff(prev, cur)
-    changed = (diff > pixel_threshold).astype(np.uint8)
+    changed = (diff > pixel_threshold).view(np.uint8)
+    total = float(diff.sum(dtype=np.float64))
+    n_changed = cv2.countNonZero(changed)
+    if n_changed == 0 or n_changed > 0.5 * diff.size:  # nothing to mask / a cut or pan: masking moot
+        return total / diff.size
     n, labels, stats, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
     if n > 1:
         small = stats[1:, cv2.CC_STAT_AREA] < blob_fraction * diff.size
         if small.any():
-            lut = np.zeros(n, bool)
-            lut[1:] = small
-            diff = np.where(lut[labels], 0, diff)
-    return float(diff.mean())
+            per_label = np.bincount(labels.ravel(), weights=diff.ravel(), minlength=n)
+            total -= float(per_label[1:][small].sum())
+    return max(0.0, total) / diff.size
 
 
-def difference_signal(frames: list[np.ndarray], pixel_threshold: float = 12.0, blob_fraction: float = 0.02
-                      ) -> np.ndarray:
+class DifferenceSignal:
+    """Streaming version of :func:`difference_signal`: ``push(frame)`` returns that frame's value, so
+    a long video never has to sit in memory."""
+
+    def __init__(self, pixel_threshold: float = 12.0, blob_fraction: float = 0.02):
+        self.pixel_threshold, self.blob_fraction = pixel_threshold, blob_fraction
+        self._prev: np.ndarray | None = None
+        self.values: list[float] = []
+
+    def push(self, frame: np.ndarray) -> float:
+        import cv2
+
+        cur = cv2.GaussianBlur(frame, (3, 3), 0)
+        value = 0.0 if self._prev is None else cursor_masked_difference(self._prev, cur, self.pixel_threshold,
+                                                                        self.blob_fraction)
+        self._prev = cur
+        self.values.append(value)
+        return value
+
+
+def difference_signal(frames, pixel_threshold: float = 12.0, blob_fraction: float = 0.02) -> np.ndarray:
     """(T,) cursor-masked difference of each frame to the previous one; 0 for the first frame."""
-    import cv2
-
-    blurred = [cv2.GaussianBlur(f, (3, 3), 0) for f in frames]
-    sig = np.zeros(len(frames), np.float64)
-    for i in range(1, len(frames)):
-        sig[i] = cursor_masked_difference(blurred[i - 1], blurred[i], pixel_threshold, blob_fraction)
-    return sig
+    sig = DifferenceSignal(pixel_threshold, blob_fraction)
+    for f in frames:
+        sig.push(f)
+    return np.array(sig.values, np.float64)
 
 
 def adaptive_threshold(signal: np.ndarray, k: float = 6.0, min_delta: float = 1.0) -> float:
@@ -103,25 +122,36 @@ def chunks_from_signal(times: np.ndarray, signal: np.ndarray, threshold: float, 
 
 
 def stable_chunks(path: str | Path | None = None, cfg: VideoConfig | None = None, *,
-                  times: np.ndarray | None = None, frames: list[np.ndarray] | None = None,
+                  times: np.ndarray | None = None, frames=None, signal: np.ndarray | None = None,
                   duration: float | None = None, pixel_threshold: float = 12.0, blob_fraction: float = 0.02,
-                  min_delta: float = 1.0) -> ChunkDetection:
-    """Detect stable chunks of a video file (or of already decoded small grey ``frames`` at ``times``).
+                  min_delta: float = 1.0, progress: bool = False) -> ChunkDetection:
+    """Detect stable chunks of a video file (or of already decoded small grey ``frames`` at ``times``, or
+    of an already computed difference ``signal`` at ``times``).
 
     Returns a :class:`ChunkDetection` whose ``chunks`` are ``[start, end]`` seconds.
     """
     from pathkit.video.decode import iter_frames, probe
 
     cfg = cfg or VideoConfig()
-    if frames is None:
+    if frames is None and signal is None:  # stream: decode, downscale and difference one frame at a time
         info = probe(path)
-        decoded = list(iter_frames(path, fps=cfg.analysis_fps, width=cfg.analysis_width, grey=True))
-        times = np.array([f.t for f in decoded])
-        frames = [f.image for f in decoded]
+        stream = DifferenceSignal(pixel_threshold, blob_fraction)
+        times_list = []
+        frames_iter = iter_frames(path, fps=cfg.analysis_fps, width=cfg.analysis_width, grey=True)
+        if progress:
+            from tqdm import tqdm
+
+            frames_iter = tqdm(frames_iter, total=int(info.duration * cfg.analysis_fps) + 1, unit="frame",
+                               desc=f"chunks {Path(path).name}")
+        for f in frames_iter:
+            times_list.append(f.t)
+            stream.push(f.image)
+        times, signal = np.array(times_list), np.array(stream.values, np.float64)
         duration = duration or (info.n_frames / info.fps)
+    elif signal is None:
+        signal = difference_signal(frames, pixel_threshold, blob_fraction)
     times = np.asarray(times, np.float64)
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / cfg.analysis_fps
-    signal = difference_signal(frames, pixel_threshold, blob_fraction)
     thr = adaptive_threshold(signal, cfg.mad_k, min_delta)
     chunks = chunks_from_signal(times, signal, thr, step, cfg.min_chunk_seconds, duration)
     return ChunkDetection(chunks, times, signal, thr, step)

@@ -28,7 +28,7 @@ def chunks_cmd(
     from pathkit.io import write_json
     from pathkit.video.chunks import stable_chunks
 
-    det = stable_chunks(video, _preset(preset))
+    det = stable_chunks(video, _preset(preset), progress=True)
     write_json(out, [c.to_json() for c in det.chunks])
     typer.echo(f"{len(det.chunks)} chunks (threshold {det.threshold:.2f}) -> {out}")
 

@@ -43,7 +43,7 @@ def analyse_video(video: str | Path, cfg: VideoConfig, progress: bool = False):
     """
     import cv2
 
-    from pathkit.video.chunks import stable_chunks
+    from pathkit.video.chunks import DifferenceSignal, stable_chunks
     from pathkit.video.cursor import CursorTracker, build_templates
     from pathkit.video.decode import iter_frames, probe
 
@@ -51,7 +51,8 @@ def analyse_video(video: str | Path, cfg: VideoConfig, progress: bool = False):
     tracker = CursorTracker(build_templates(info.height))
     aw = min(cfg.analysis_width, info.width)
     ah = max(2, int(round(info.height * aw / info.width)))
-    times, small, rows = [], [], []
+    times, rows = [], []
+    signal = DifferenceSignal()
     frames = iter_frames(video, fps=cfg.analysis_fps, grey=True)
     if progress:
         from tqdm import tqdm
@@ -60,12 +61,12 @@ def analyse_video(video: str | Path, cfg: VideoConfig, progress: bool = False):
                       unit="frame", leave=False)
     for f in frames:
         times.append(f.t)
-        small.append(cv2.resize(f.image, (aw, ah), interpolation=cv2.INTER_AREA))
+        signal.push(cv2.resize(f.image, (aw, ah), interpolation=cv2.INTER_AREA))
         hit = tracker.update(f.image)
         if hit is not None:
             rows.append({"t": round(f.t, 4), "x": hit[0], "y": hit[1], "score": round(hit[2], 4), "shape": hit[3]})
     duration = info.n_frames / info.fps if info.n_frames else info.duration
-    detection = stable_chunks(cfg=cfg, times=np.array(times), frames=small, duration=duration)
+    detection = stable_chunks(cfg=cfg, times=np.array(times), signal=np.array(signal.values), duration=duration)
     return info, rows, detection
 
 
