@@ -323,3 +323,26 @@ def test_same_logits_as_transformers_llava(model):
     valid = hf_mask.bool()
     torch.testing.assert_close(ours.logits[valid], theirs.logits[valid], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours.loss, theirs.loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("max_length", [None, 10, 20])
+def test_vectorised_splice_equals_loop_reference(model, padding_side, max_length):
+    g = torch.Generator().manual_seed(0)
+    hidden = model.llm.config.hidden_size
+    img = model.image_token_id
+    # rows with 0, 1 and 2 images, padded on both sides, images of different token counts
+    ids = torch.randint(10, 200, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    mask[2, -4:] = 0
+    ids[1, 4] = img
+    ids[2, 0], ids[2, 6] = img, img
+    labels = torch.where(torch.rand(ids.shape, generator=g) > 0.5, ids, torch.full_like(ids, IGNORE_INDEX))
+    features = [torch.randn(n, hidden, generator=g, requires_grad=True) for n in (5, 16, 3)]
+    fast = model.splice(ids, mask, labels, features, padding_side=padding_side, max_length=max_length)
+    ref = model.splice_reference(ids, mask, labels, features, padding_side=padding_side, max_length=max_length)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    fast[0].sum().backward()
+    assert all(f.grad is not None for f in features)

@@ -277,19 +277,67 @@ class VisionLanguageModel(nn.Module):
             feats += self.encode_slides(slide_features, slide_coords)
         return feats
 
-    def splice(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
-               features: list[torch.Tensor], padding_side: str = "right", max_length: int | None = None):
-        """Replace every ``<image>`` id by its visual tokens -> (embeds, attention_mask, labels, position_ids).
-
-        Rows are re-packed (padding removed, images expanded, padding put back on ``padding_side``), so inputs
-        may be padded on either side."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        keep = attention_mask.bool()
+    def _check_image_count(self, input_ids: torch.Tensor, keep: torch.Tensor, features: list[torch.Tensor]):
         n_tokens = int((input_ids[keep] == self.image_token_id).sum())
         if n_tokens != len(features):
             raise PathkitError(f"number of {IMAGE_TOKEN} tokens in input_ids ({n_tokens}) does not match the "
                                f"number of images ({len(features)})")
+
+    def splice(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+               features: list[torch.Tensor], padding_side: str = "right", max_length: int | None = None):
+        """Replace every ``<image>`` id by its visual tokens -> (embeds, attention_mask, labels, position_ids).
+
+        Rows are re-packed (padding removed, images expanded, padding put back on ``padding_side``, rows cut to
+        ``max_length``), so inputs may be padded on either side. Images are taken in row-major order of their
+        ``<image>`` ids. Vectorised (no loop over rows); :meth:`splice_reference` is the same as a loop."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = attention_mask.bool()
+        self._check_image_count(input_ids, keep, features)
+        device = input_ids.device
+        text_embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, H)
+        batch, hidden = input_ids.shape[0], text_embeds.shape[-1]
+        is_image = (input_ids == self.image_token_id) & keep  # (B, L)
+        feat_lens = torch.tensor([f.shape[0] for f in features], dtype=torch.long, device=device)  # (I,)
+        span = keep.long()  # output positions each input token takes: 1, T_i for an image, 0 for padding
+        span[is_image] = feat_lens
+        start = span.cumsum(1) - span  # (B, L) first output position of each input token
+        lengths = span.sum(1)  # (B,)
+        if max_length is not None:
+            lengths = lengths.clamp(max=max_length)
+        longest = int(lengths.max())
+        offset = (longest - lengths) if padding_side == "left" else torch.zeros_like(lengths)  # (B,)
+        embeds = text_embeds.new_zeros(batch, longest, hidden)
+        out_labels = input_ids.new_full((batch, longest), IGNORE_INDEX) if labels is not None else None
+        # text tokens
+        tb, tl = (keep & ~is_image).nonzero(as_tuple=True)
+        pos = start[tb, tl]
+        fits = pos < lengths[tb]
+        tb, tl, pos = tb[fits], tl[fits], pos[fits] + offset[tb[fits]]
+        embeds[tb, pos] = text_embeds[tb, tl]
+        if out_labels is not None:
+            out_labels[tb, pos] = labels[tb, tl]
+        # visual tokens (labels stay IGNORE_INDEX)
+        if features:
+            ib, il = is_image.nonzero(as_tuple=True)  # (I,) row-major = the order of ``features``
+            visual = torch.cat(features).to(text_embeds.dtype)  # (sum T_i, H)
+            rows = ib.repeat_interleave(feat_lens)
+            first = (feat_lens.cumsum(0) - feat_lens).repeat_interleave(feat_lens)
+            pos = start[ib, il].repeat_interleave(feat_lens) + torch.arange(visual.shape[0], device=device) - first
+            fits = pos < lengths[rows]
+            embeds[rows[fits], pos[fits] + offset[rows[fits]]] = visual[fits]
+        columns = torch.arange(longest, device=device)[None]
+        mask = ((columns >= offset[:, None]) & (columns < (offset + lengths)[:, None])).to(attention_mask.dtype)
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return embeds, mask, out_labels, position_ids
+
+    def splice_reference(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+               features: list[torch.Tensor], padding_side: str = "right", max_length: int | None = None):
+        """:meth:`splice` written as a loop over rows and images (the test oracle of the vectorised one)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = attention_mask.bool()
+        self._check_image_count(input_ids, keep, features)
         text_embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, H)
         rows, row_labels = [], []
         k = 0
