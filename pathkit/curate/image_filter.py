@@ -46,6 +46,7 @@ def load_rgb(image: str | Path | np.ndarray) -> np.ndarray:
 
 def he_likeness(rgb: np.ndarray, max_pixels: int = 262_144) -> tuple[float, float]:
     """(H&E-likeness score in [0, 1], tissue fraction) of an RGB image (see the module docstring)."""
+    rgb = load_rgb(rgb)
     step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / max_pixels)))
     x = rgb[::step, ::step].reshape(-1, 3).astype(np.float32) / 255.0
     mx, mn = x.max(axis=1), x.min(axis=1)
