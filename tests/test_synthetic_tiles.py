@@ -413,3 +413,15 @@ def test_eval_scorer_reads_our_answers_and_constant_guessing_is_at_chance(tiny_t
     assert metrics.closed_accuracy(["yes"] * len(yes_no), yes_no) == pytest.approx(0.5, abs=0.02)
     assert metrics.closed_accuracy(["no"] * len(yes_no), yes_no) == pytest.approx(0.5, abs=0.02)
     assert 0.1 <= metrics.closed_accuracy(["A"] * len(letters), letters) <= 0.45
+
+
+def test_mitoses_do_not_predict_the_tissue_answer(tiny_tiles):
+    """No shortcut between questions: on tumour tiles, having mitoses says nothing about whether the tissue
+    yes/no question is answered yes."""
+    meta = {r["image"]: r for r in tiny_tiles.metadata()}
+    pairs = [(meta[q["image"]]["attributes"]["mitoses"], q["answer"] == "yes")
+             for split in ("train", "heldout") for q in tiny_tiles.questions(split)
+             if q["category"] == "tissue_yes_no" and q["label"] == "tumor"]
+    with_m = [yes for m, yes in pairs if m]
+    without = [yes for m, yes in pairs if not m]
+    assert abs(np.mean(with_m) - np.mean(without)) < 0.35, (np.mean(with_m), np.mean(without))

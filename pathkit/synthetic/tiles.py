@@ -92,7 +92,7 @@ def split_sizes(tiles_per_class: int, heldout_fraction: float) -> tuple[int, int
 
 def _build_params(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
     return {"seed": int(seed), "tile_size": cfg.tile_size, "tiles_per_class": cfg.tiles_per_class,
-            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 1}
+            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 2}
 
 
 def _is_complete(ds: TileDataset, params: dict[str, Any]) -> bool:
@@ -106,19 +106,20 @@ def _is_complete(ds: TileDataset, params: dict[str, Any]) -> bool:
     return isinstance(built, dict) and all(built.get(k) == v for k, v in params.items())
 
 
-def make_tile_record(label: str, index: int, split_index: int, seed: int, tile_size: int
-                     ) -> tuple[np.ndarray, dict[str, Any], list[dict[str, Any]]]:
+def make_tile_record(label: str, index: int, split_index: int, seed: int, tile_size: int,
+                     mitoses: bool | None = None) -> tuple[np.ndarray, dict[str, Any], list[dict[str, Any]]]:
     """Render one tile and write its text: (image, metadata row without split/image, questions).
 
-    ``split_index`` (position of the tile inside its class and split) alternates the yes/no answers and,
-    for tumour, whether mitoses are present, so closed questions are balanced and chance is 0.5.
+    ``split_index`` (position of the tile inside its class and split) alternates the yes/no answers of the
+    tissue question; ``mitoses`` (tumour only) overrides the sampled attribute, so a builder can give exactly
+    half of the tumour tiles mitoses. Both keep closed questions balanced: chance is 0.5.
     """
     class_index = CLASSES.index(label)
     rng = np.random.default_rng([seed, class_index, index])
     text_rng = np.random.default_rng([seed, class_index, index, 1])
     attrs = sample_attributes(label, rng)
-    if label == "tumor":
-        attrs["mitoses"] = split_index % 2 == 1
+    if label == "tumor" and mitoses is not None:
+        attrs["mitoses"] = bool(mitoses)
     attrs["scale"] = tile_scale(tile_size)
     image = render_tissue(label, tile_size, tile_size, rng, **attrs)
     caption = caption_for(label, attrs, text_rng)
@@ -168,11 +169,15 @@ def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0,
     metadata: list[dict[str, Any]] = []
     llava: dict[str, list] = {"train": [], "heldout": []}
     questions: dict[str, list] = {"train": [], "heldout": []}
+    # exactly half of the tumour tiles of each split show mitoses, in an order unrelated to the yes/no parity
+    with_mitoses = {split: np.random.default_rng([seed, 99, k]).permutation(n) < n / 2
+                    for k, (split, n) in enumerate((("train", n_train), ("heldout", n_heldout)))}
     jobs = [(label, i) for label in CLASSES for i in range(cfg.tiles_per_class)]
     for label, i in tqdm(jobs, desc="synthetic tiles", disable=not progress, leave=False):
         split = "train" if i < n_train else "heldout"
         split_index = i if split == "train" else i - n_train
-        image, row, qs = make_tile_record(label, i, split_index, seed, cfg.tile_size)
+        image, row, qs = make_tile_record(label, i, split_index, seed, cfg.tile_size,
+                                          mitoses=bool(with_mitoses[split][split_index]))
         rel = f"images/{row['id']}.png"
         if not cv2.imwrite(str(ds.root / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise PathkitError(f"{ds.root / rel}: could not write PNG")
