@@ -90,9 +90,20 @@ def split_sizes(tiles_per_class: int, heldout_fraction: float) -> tuple[int, int
     return tiles_per_class - heldout, heldout
 
 
+def half_with_mitoses(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Which of ``n`` tumour tiles get mitoses: exactly ``n // 2``, split evenly between even positions (tissue
+    question answered yes) and odd ones (answered no), so one answer never hints at the other. (n,) bool."""
+    out = np.zeros(n, bool)
+    even, odd = np.arange(0, n, 2), np.arange(1, n, 2)
+    k_even = len(even) // 2
+    out[rng.permutation(even)[:k_even]] = True
+    out[rng.permutation(odd)[:n // 2 - k_even]] = True
+    return out
+
+
 def _build_params(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
     return {"seed": int(seed), "tile_size": cfg.tile_size, "tiles_per_class": cfg.tiles_per_class,
-            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 2}
+            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 3}
 
 
 def _is_complete(ds: TileDataset, params: dict[str, Any]) -> bool:
@@ -169,8 +180,7 @@ def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0,
     metadata: list[dict[str, Any]] = []
     llava: dict[str, list] = {"train": [], "heldout": []}
     questions: dict[str, list] = {"train": [], "heldout": []}
-    # exactly half of the tumour tiles of each split show mitoses, in an order unrelated to the yes/no parity
-    with_mitoses = {split: np.random.default_rng([seed, 99, k]).permutation(n) < n / 2
+    with_mitoses = {split: half_with_mitoses(n, np.random.default_rng([seed, 99, k]))
                     for k, (split, n) in enumerate((("train", n_train), ("heldout", n_heldout)))}
     jobs = [(label, i) for label in CLASSES for i in range(cfg.tiles_per_class)]
     for label, i in tqdm(jobs, desc="synthetic tiles", disable=not progress, leave=False):
