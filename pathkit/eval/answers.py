@@ -99,7 +99,11 @@ def generate_answers(model_dir: str | Path | None, questions_jsonl: str | Path, 
         model = VisionLanguageModel.from_pretrained(model_dir)
         if hasattr(model, "eval"):
             model.eval()
-    model_id = model_id or (Path(model_dir).name if model_dir is not None else type(model).__name__)
+    if model_id is None and model_dir is not None:
+        path = Path(model_dir).resolve()
+        # F's layout train/<recipe>/<stage>/model: name the model by recipe/stage, not "model"
+        model_id = f"{path.parent.parent.name}/{path.parent.name}" if path.name == "model" else path.name
+    model_id = model_id or type(model).__name__
     failures = FailureLog(failures_path or out_jsonl.with_name(out_jsonl.stem + ".failures.jsonl"))
     done = answered_ids(out_jsonl)
     todo: list[tuple[int, dict[str, Any]]] = []
