@@ -346,3 +346,25 @@ def test_vectorised_splice_equals_loop_reference(model, padding_side, max_length
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     fast[0].sum().backward()
     assert all(f.grad is not None for f in features)
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, model):
+    from pathkit.models.connectors import tile_image
+    from pathkit.models.llm import load_llm
+
+    with pytest.raises(PathkitError, match="nonexistent-llm: LLM folder not found"):
+        load_llm(str(tmp_path / "nonexistent-llm"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(PathkitError, match="must be a folder"):
+        load_llm(tmp_path / "weights.bin")
+    with pytest.raises(PathkitError, match="not a pathkit model folder"):
+        VisionLanguageModel.from_pretrained(tmp_path)
+    with pytest.raises(PathkitError, match="unexpected shape"):
+        model.encode_images(torch.zeros(2, 3))
+    with pytest.raises(PathkitError, match="uint8"):
+        tile_image(np.zeros((10, 10)), 8)
+    with pytest.raises(PathkitError, match="unknown part"):
+        model.param_groups({"projector": 1e-3})
+    with pytest.raises(PathkitError) as info:
+        model(torch.tensor([[model.image_token_id]]))
+    assert "\n" not in str(info.value)

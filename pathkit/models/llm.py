@@ -201,6 +201,8 @@ def _resolve(name_or_path: str | Path) -> str:
         return str(Path(text).expanduser())
     if Path(text).expanduser().exists():
         raise PathkitError(f"{text}: an LLM must be a folder (config.json + weights), not a file")
+    if text.startswith(("/", "./", "../", "~")):
+        raise PathkitError(f"{text}: LLM folder not found")
     return text  # a hub id
 
 

@@ -537,6 +537,8 @@ class VisionLanguageModel(nn.Module):
             from peft import PeftModel
 
             model.llm = PeftModel.from_pretrained(model.llm, str(directory / "adapter"), is_trainable=True)
+        if not (directory / WEIGHTS_FILE).exists():
+            raise PathkitError(f"{directory / WEIGHTS_FILE}: file not found")
         state = load_file(str(directory / WEIGHTS_FILE))
         result = model.load_state_dict(state, strict=False)
         if result.unexpected_keys:
