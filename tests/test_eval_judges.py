@@ -121,3 +121,27 @@ def test_judge_items_from_questions_and_answers():
     items = J.judge_items(qs, {"1": {"text": "B"}, "2": {"text": "no"}})
     assert items == [{"question_id": "1", "question": "Q", "reference": "A", "answer": "B", "context": "",
                       "category": "c"}]
+
+
+def test_judge_cli_end_to_end_and_resume(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from pathkit.cli import app
+
+    q = tmp_path / "q.jsonl"
+    a = tmp_path / "a.jsonl"
+    q.write_text("".join(json.dumps({"question_id": it["question_id"], "image": None, "text": it["question"],
+                                     "answer": it["reference"], "answer_type": "OPEN",
+                                     "category": it["category"]}) + "\n" for it in ITEMS))
+    a.write_text("".join(json.dumps({"question_id": it["question_id"], "text": it["answer"]}) + "\n"
+                         for it in ITEMS))
+    out = tmp_path / "judge.json"
+    args = ["eval", "judge", "--answers", str(a), "--questions", str(q), "--out", str(out), "--model", "m",
+            "--base-url", server.base_url, "--metric", "relative", "--metric", "wsi_precision"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["relative"]["overall"]["relative_score"] == pytest.approx(100 * (16 / 3) / 8)
+    assert got["wsi_precision"]["overall"] == pytest.approx(round((1 + 0 + 0) / 3, 3))
+    sent = server.request_count
+    assert CliRunner().invoke(app, args).exit_code == 0 and server.request_count == sent

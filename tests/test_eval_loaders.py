@@ -161,3 +161,19 @@ def test_bad_inputs_name_the_record_and_field(tmp_path):
     txt.write_text("hi")
     with pytest.raises(PathkitError, match="unsupported file type"):
         load_benchmark("pathvqa", txt)
+
+
+def test_convert_cli_writes_the_evaluation_format(tmp_path):
+    from typer.testing import CliRunner
+
+    from pathkit.cli import app
+
+    src = tmp_path / "test.parquet"
+    _parquet(src, [{"image": {"bytes": _png_bytes(), "path": "a.png"}, "question": "Is this necrosis?",
+                    "answer": "no"}])
+    out = tmp_path / "eval" / "pathvqa.jsonl"
+    res = CliRunner().invoke(app, ["eval", "convert", "pathvqa", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = read_questions(out)
+    assert rows[0]["answer_type"] == "CLOSED" and (out.parent / rows[0]["image"]).exists()
+    assert "1 questions (1 closed)" in res.output

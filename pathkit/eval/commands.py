@@ -68,5 +68,42 @@ def convert_cmd(
     typer.echo(f"{len(rows)} questions ({n_closed} closed) -> {out}")
 
 
+@eval_app.command("judge")
+def judge_cmd(
+    answers: Path = typer.Option(..., "--answers", help="answers JSONL (question_id, text)"),
+    questions: Path = typer.Option(..., "--questions", help="questions JSONL with reference answers"),
+    out: Path = typer.Option(..., "--out", help="judge results JSON"),
+    model: str = typer.Option(..., "--model", help="judge model name, e.g. gpt-4o"),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (default: OpenAI)"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the key"),
+    metric: list[str] = typer.Option(["relative"], "--metric",
+                                     help="relative (LLaVA-Med/Quilt GPT score), wsi_precision, wsi_relevance"),
+    all_questions: bool = typer.Option(False, help="judge closed questions too (default: open only)"),
+) -> None:
+    """LLM-judge the open answers; journals beside OUT make reruns resume without new requests."""
+    from pathkit.eval import judges
+    from pathkit.eval.score import read_answers, read_questions
+    from pathkit.io import PathkitError, write_json
+
+    unknown = set(metric) - {"relative", "wsi_precision", "wsi_relevance"}
+    if unknown:
+        raise PathkitError(f"--metric: unknown {sorted(unknown)}; use relative, wsi_precision, wsi_relevance")
+    items = judges.judge_items(read_questions(questions), read_answers(answers), open_only=not all_questions)
+    work = out.with_name(out.stem + "_journal")
+    client = judges.make_client(base_url, model, api_key_env=api_key_env, cache_dir=work / "cache")
+    result: dict = {"model": model, "n_items": len(items)}
+    if "relative" in metric:
+        result["relative"] = judges.relative_score(items, client, work / "relative.jsonl")
+    if "wsi_precision" in metric:
+        result["wsi_precision"] = judges.wsi_precision(items, client, work)
+    if "wsi_relevance" in metric:
+        result["wsi_relevance"] = judges.wsi_relevance(items, client, work)
+    write_json(out, result)
+    failed = sum(v.get("n_failed", 0) for v in result.values() if isinstance(v, dict))
+    typer.echo(f"judged {len(items)} item(s) with {model}; {failed} failure(s) -> {out}")
+    if failed:
+        raise PathkitError(f"{failed} judge call(s) failed (malformed twice or request error); rerun to retry")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
