@@ -304,9 +304,10 @@ def test_report_for_slide_states_diagnosis_and_composition():
 def test_same_seed_same_bytes_other_seed_other_tiles(tmp_path):
     cfg = SyntheticConfig(tile_size=32, tiles_per_class=4)
     a = ensure_tile_dataset(tmp_path / "a", cfg, seed=1, progress=False)
-    b = ensure_tile_dataset(tmp_path / "b", cfg, seed=1, progress=False)
+    b = ensure_tile_dataset(tmp_path / "b", cfg, seed=1, progress=False, workers=2)  # processes: same files
     c = ensure_tile_dataset(tmp_path / "c", cfg, seed=2, progress=False)
     assert a.paths["metadata"].read_text() == b.paths["metadata"].read_text()
+    assert a.paths["train_llava"].read_text() == b.paths["train_llava"].read_text()
     assert a.paths["heldout_questions"].read_text() == b.paths["heldout_questions"].read_text()
     row = a.metadata()[0]
     assert (a.root / row["image"]).read_bytes() == (b.root / row["image"]).read_bytes()

@@ -16,6 +16,7 @@ def tiles(
     per_class: int = typer.Option(None, "--per-class", help="tiles per class (default: the preset's)"),
     heldout: float = typer.Option(None, "--heldout", help="held-out fraction (default: the preset's)"),
     seed: int = typer.Option(0, help="random seed; the same seed gives identical files"),
+    workers: int = typer.Option(None, help="processes painting tiles (default: 1 below 2,000 tiles, else all CPUs)"),
 ) -> None:
     """Write a folder of H&E-like tissue tiles of every class with captions, LLaVA data and questions.
 
@@ -28,7 +29,7 @@ def tiles(
     changes = {k: v for k, v in (("tile_size", size), ("tiles_per_class", per_class),
                                  ("heldout_fraction", heldout)) if v is not None}
     cfg = cfg.replace(**changes) if changes else cfg
-    ds = ensure_tile_dataset(out, cfg, seed)
+    ds = ensure_tile_dataset(out, cfg, seed, workers=workers)
     typer.echo(f"{ds.root}: {len(ds.metadata())} tiles of {cfg.tile_size} px")
 
 

@@ -154,14 +154,31 @@ def _llava_records(row: dict[str, Any], questions: list[dict[str, Any]], rng: np
     return [caption, qa]
 
 
-def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0,
-                        progress: bool = True) -> TileDataset:
+def _write_tile(job: tuple[str, int, str, int, bool, int, int, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Render one tile, write its PNG, return (metadata row, questions). Runs in worker processes too."""
+    import cv2
+
+    label, i, split, split_index, mitoses, seed, tile_size, root = job
+    image, row, qs = make_tile_record(label, i, split_index, seed, tile_size, mitoses=mitoses)
+    rel = f"images/{row['id']}.png"
+    if not cv2.imwrite(str(Path(root) / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise PathkitError(f"{Path(root) / rel}: could not write PNG")
+    return {"id": row["id"], "image": rel, "label": label, "attributes": row["attributes"],
+            "caption": row["caption"], "split": split}, qs
+
+
+def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0, progress: bool = True,
+                        workers: int | None = None) -> TileDataset:
     """Build the tile folder under ``root``, or reuse it when ``done.json`` says it is complete.
 
     A folder without ``done.json`` (an interrupted build) or built with other parameters is wiped and
     rebuilt. ``cfg.tiles_per_class`` tiles of each class in ``CLASSES`` at ``cfg.tile_size`` px.
+    ``workers``: processes that paint tiles (default: 1 below 2,000 tiles, else every CPU); the files are
+    identical whatever the number.
     """
-    import cv2
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     ds = TileDataset.at(root)
@@ -177,26 +194,39 @@ def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0,
     ds.paths["images"].mkdir(parents=True, exist_ok=True)
 
     n_train, n_heldout = split_sizes(cfg.tiles_per_class, cfg.heldout_fraction)
+    with_mitoses = {split: half_with_mitoses(n, np.random.default_rng([seed, 99, k]))
+                    for k, (split, n) in enumerate((("train", n_train), ("heldout", n_heldout)))}
+    jobs = []
+    for label in CLASSES:
+        for i in range(cfg.tiles_per_class):
+            split = "train" if i < n_train else "heldout"
+            split_index = i if split == "train" else i - n_train
+            jobs.append((label, i, split, split_index, bool(with_mitoses[split][split_index]), int(seed),
+                         cfg.tile_size, str(ds.root)))
+    if workers is None:
+        workers = 1 if len(jobs) < 2000 else (os.cpu_count() or 1)
+    bar = tqdm(total=len(jobs), desc="synthetic tiles", disable=not progress, leave=False)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = []
+            for result in pool.map(_write_tile, jobs, chunksize=16):
+                results.append(result)
+                bar.update()
+    else:
+        results = []
+        for job in jobs:
+            results.append(_write_tile(job))
+            bar.update()
+    bar.close()
+
     metadata: list[dict[str, Any]] = []
     llava: dict[str, list] = {"train": [], "heldout": []}
     questions: dict[str, list] = {"train": [], "heldout": []}
-    with_mitoses = {split: half_with_mitoses(n, np.random.default_rng([seed, 99, k]))
-                    for k, (split, n) in enumerate((("train", n_train), ("heldout", n_heldout)))}
-    jobs = [(label, i) for label in CLASSES for i in range(cfg.tiles_per_class)]
-    for label, i in tqdm(jobs, desc="synthetic tiles", disable=not progress, leave=False):
-        split = "train" if i < n_train else "heldout"
-        split_index = i if split == "train" else i - n_train
-        image, row, qs = make_tile_record(label, i, split_index, seed, cfg.tile_size,
-                                          mitoses=bool(with_mitoses[split][split_index]))
-        rel = f"images/{row['id']}.png"
-        if not cv2.imwrite(str(ds.root / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise PathkitError(f"{ds.root / rel}: could not write PNG")
-        row = {"id": row["id"], "image": rel, "label": label, "attributes": row["attributes"],
-               "caption": row["caption"], "split": split}
+    for (label, i, split, *_), (row, qs) in zip(jobs, results):
         metadata.append(row)
         llava[split].extend(_llava_records(row, qs, np.random.default_rng([seed, CLASSES.index(label), i, 2])))
         for q in qs:
-            questions[split].append({"question_id": f"{row['id']}_{q['category']}", "image": rel,
+            questions[split].append({"question_id": f"{row['id']}_{q['category']}", "image": row["image"],
                                      "text": q["text"], "answer": q["answer"], "answer_type": q["answer_type"],
                                      "category": q["category"], "label": label})
     write_jsonl(ds.paths["metadata"], metadata)
