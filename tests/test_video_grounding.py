@@ -113,3 +113,13 @@ def test_dwell_heatmap():
     assert np.unravel_index(np.argmax(heat), heat.shape) == (50, 100)
     assert heat[200, 300] == pytest.approx(0.1, rel=0.05)  # 1 of 10 dwell units
     assert dwell_heatmap(np.zeros((0, 2)), W, H).max() == 0
+
+
+def test_densify_trace_fills_the_path_between_samples():
+    from pathkit.video.grounding import densify_trace
+
+    trace = np.array([[0.0, 0, 0], [0.2, 40, 0], [5.0, 100, 100]])
+    xy, secs = densify_trace(trace, max_gap=0.5, substeps=4)
+    assert xy[:4, 0].tolist() == [0, 10, 20, 30]  # interpolated along the 0.2 s stroke
+    assert secs[:4].sum() == pytest.approx(0.2)
+    assert len(xy) == 4 + 1 + 1  # the 4.8 s gap (pointer hidden) is not filled

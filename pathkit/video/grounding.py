@@ -174,6 +174,27 @@ def ground_utterances(trace: np.ndarray, utterances: list[Utterance], width: int
     return groundings, kept
 
 
+def densify_trace(trace: np.ndarray, max_gap: float, substeps: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Points along a ``(N, 3)`` (t, x, y) trace, linearly interpolated between samples at most ``max_gap``
+    seconds apart, with the dwell time each point stands for. Returns ``(xy (M, 2), seconds (M,))``."""
+    trace = np.asarray(trace, np.float64).reshape(-1, 3)
+    if len(trace) < 2:
+        return trace[:, 1:], np.full(len(trace), max_gap / 2)
+    xy, w = [], []
+    for a, b in zip(trace[:-1], trace[1:]):
+        dt = b[0] - a[0]
+        if 0 < dt <= max_gap:
+            u = np.arange(substeps)[:, None] / substeps
+            xy.append(a[1:] + u * (b[1:] - a[1:]))
+            w.append(np.full(substeps, dt / substeps))
+        else:
+            xy.append(a[None, 1:])
+            w.append(np.array([min(dt, max_gap)]))
+    xy.append(trace[-1:, 1:])
+    w.append(np.array([max_gap / 2]))
+    return np.concatenate(xy), np.concatenate(w)
+
+
 def dwell_heatmap(xy: np.ndarray, width: int, height: int, sigma: float = 8.0,
                   weights: np.ndarray | None = None) -> np.ndarray:
     """(H, W) float32 Gaussian-smoothed dwell map of pointer positions, scaled to a maximum of 1 (zeros if

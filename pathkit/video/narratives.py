@@ -103,8 +103,8 @@ def narrate_video(video: str | Path, transcript: str | Path, out_dir: str | Path
         trace = np.array([[r["t"], r["x"], r["y"]] for r in cursor_rows
                           if chunk.start <= round(r["t"], 3) < chunk.end],
                          np.float64).reshape(-1, 3)
-        heat = dwell_heatmap(trace[:, 1:], info.width, info.height, cfg.heatmap_sigma,
-                             weights=np.full(len(trace), step, np.float32))
+        xy, secs = _dwell_points(trace, step)
+        heat = dwell_heatmap(xy, info.width, info.height, cfg.heatmap_sigma, secs)
         _save_npy(out_dir / heat_rel, heat)
         said = utterances_in(utterances, chunk.start, chunk.end)
         groundings, clusters = ground_utterances(trace, said, info.width, info.height, chunk.start,
@@ -113,7 +113,8 @@ def narrate_video(video: str | Path, transcript: str | Path, out_dir: str | Path
         for j, g in enumerate(groundings):
             in_u = trace[(trace[:, 0] >= g.start) & (trace[:, 0] <= g.end)]
             u_rel = f"heatmaps/{stem}_u{j:02d}.npy"
-            _save_npy(out_dir / u_rel, dwell_heatmap(in_u[:, 1:], info.width, info.height, cfg.heatmap_sigma))
+            xy, secs = _dwell_points(in_u, step)
+            _save_npy(out_dir / u_rel, dwell_heatmap(xy, info.width, info.height, cfg.heatmap_sigma, secs))
             out_groundings.append({**g.to_json(), "heatmap": u_rel})
         caption = " ".join(u.text for u in said)
         rows.append({
@@ -124,6 +125,13 @@ def narrate_video(video: str | Path, transcript: str | Path, out_dir: str | Path
             "grounded_caption": quilt_string(clusters, caption),
         })
     return rows
+
+
+def _dwell_points(trace: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pointer's path between analysis samples (it moved through those pixels too) with dwell seconds."""
+    from pathkit.video.grounding import densify_trace
+
+    return densify_trace(trace, max_gap=2.5 * step)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
