@@ -260,6 +260,26 @@ def _mitotic_figures(ch: np.ndarray, ce: np.ndarray, rng: np.random.Generator, c
 # Each painter returns (hematoxylin, eosin) concentration maps, float32 (H, W). Salts keep fields distinct.
 
 
+def _cell_borders(h: int, w: int, centers: np.ndarray, pad: int, scale: float) -> np.ndarray:
+    """Faint membranes between the cells around ``centers``: Voronoi edges, blurred; (h, w) float32 in [0, 1].
+
+    ``centers`` must include the points up to ``pad`` px beyond the tile, so borders continue across tiles.
+    """
+    H, W = h + 2 * pad, w + 2 * pad
+    xy = np.round(centers + pad).astype(np.int64)
+    ok = (xy[:, 0] >= 0) & (xy[:, 0] < W) & (xy[:, 1] >= 0) & (xy[:, 1] < H)
+    if ok.sum() < 2:
+        return np.zeros((h, w), np.float32)
+    img = np.full((H, W), 255, np.uint8)
+    img[xy[ok, 1], xy[ok, 0]] = 0
+    _, labels = cv2.distanceTransformWithLabels(img, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    edge = np.zeros((H, W), np.float32)
+    edge[:, 1:] += labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] += labels[1:, :] != labels[:-1, :]
+    edge = cv2.GaussianBlur(np.minimum(edge, 1.0), (0, 0), 0.7 * scale)
+    return np.minimum(edge[pad:pad + h, pad:pad + w] * 2.0, 1.0)
+
+
 def _paint_tumor(f, rng, attrs, scale):
     h, w = f.h, f.w
     grade = int(attrs.get("grade") or 2)
@@ -273,6 +293,7 @@ def _paint_tumor(f, rng, attrs, scale):
     nuc = np.zeros((h, w), np.float32)
     _nuclei(nuc, f, centers, ids, radius, (0.9 + 2.5 * pleo), 0.75, 1.35 + 0.1 * grade, 0.25,
             irregularity=0.10 + 0.35 * pleo, scale=scale, salt=4)
+    ce = ce + 0.14 * _cell_borders(h, w, centers, int(np.ceil(3 * r_px)), scale)  # cohesive sheets of cells
     chromatin = 1.0 + 0.22 * _fine_noise(rng, h, w, 0.8 * scale)  # coarse clumped chromatin
     ch = np.maximum(ch, nuc * chromatin)
     ce = np.where(nuc > 0, ce * 0.6, ce)
