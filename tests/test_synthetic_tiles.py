@@ -426,3 +426,28 @@ def test_mitoses_do_not_predict_the_tissue_answer(tiny_tiles):
     with_m = [yes for m, yes in pairs if m]
     without = [yes for m, yes in pairs if not m]
     assert abs(np.mean(with_m) - np.mean(without)) < 0.15, (np.mean(with_m), np.mean(without))
+
+
+def test_open_answers_are_class_specific(tiny_tiles):
+    from pathkit.synthetic.text import MORPHOLOGY
+
+    for q in tiny_tiles.questions("heldout"):
+        if q["category"] == "morphology_open":
+            assert q["answer"] in MORPHOLOGY[q["label"]]
+        if q["category"] == "grade_open":
+            assert re.fullmatch(r"grade [123]", q["answer"])
+
+
+def test_gallery_figures(tiny_tiles):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pathkit.synthetic.gallery import CLASS_COLOURS, label_colours, qa_examples, tile_gallery
+
+    labels = np.array([[0, 1], [3, 6]], np.uint8)
+    rgb = label_colours(labels)
+    assert tuple(rgb[0, 0]) == (255, 255, 255) and tuple(rgb[0, 1]) == (214, 39, 40)  # tumor red
+    assert len(CLASS_COLOURS) == len(CLASSES)
+    fig = tile_gallery(tiny_tiles, per_class=2)
+    assert len(fig.axes) == len(CLASSES) * 3
+    assert {q["category"] for q in qa_examples(tiny_tiles)} >= {"tissue_yes_no", "tissue_choice", "tissue_open"}

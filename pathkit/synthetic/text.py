@@ -121,7 +121,8 @@ def questions_for(label: str, attributes: dict[str, Any], rng: np.random.Generat
 
     Returns dicts with ``text``, ``answer``, ``answer_type`` (CLOSED/OPEN) and ``category``:
     ``tissue_yes_no`` (asks about the true class when ``yes``, else about another class), ``tissue_choice``,
-    ``tissue_open``, and for tumour ``mitoses_yes_no`` (answer from ``attributes["mitoses"]``) and
+    ``tissue_open``, ``morphology_open`` (a morphology sentence), and for tumour ``mitoses_yes_no``
+    (answer from ``attributes["mitoses"]``) and
     ``grade_open``. Balance of yes/no across a dataset is the caller's job (alternate ``yes``; alternate
     ``mitoses`` when sampling tumour tiles).
     """
@@ -135,6 +136,9 @@ def questions_for(label: str, attributes: dict[str, Any], rng: np.random.Generat
                                     "What tissue is this? Answer with one word.",
                                     "Name the tissue type in this image.")),
                 "answer": label, "answer_type": "OPEN", "category": "tissue_open"})
+    out.append({"text": _pick(rng, ("Describe the main histological features in this image.",
+                                    "What morphology do you see?")),
+                "answer": _pick(rng, MORPHOLOGY[label]), "answer_type": "OPEN", "category": "morphology_open"})
     if label == "tumor":
         out.append(_yes_no(_pick(rng, ("Are mitotic figures present?", "Do you see mitoses in this image?")),
                            bool(attributes.get("mitoses")), "mitoses_yes_no"))
