@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,9 @@ class VisionLanguageModel(nn.Module):
         c = self.cfg.llm
         config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                             target_modules=list(c.lora_targets), task_type="CAUSAL_LM")
-        self.llm = get_peft_model(self.llm, config)
+        with warnings.catch_warnings():  # peft calls a transformers method renamed in 5.x
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.llm = get_peft_model(self.llm, config)
 
     @property
     def has_lora(self) -> bool:
@@ -228,7 +231,8 @@ class VisionLanguageModel(nn.Module):
                 raise PathkitError(f"images: unexpected shape {tuple(images.shape)} for connector "
                                    f"{self.cfg.connector.type!r}")
         groups = [im.unsqueeze(0) if im.dim() == 3 else im for im in images]
-        pixels = torch.cat(groups).to(device)  # (sum of views, 3, S, S)
+        tower_dtype = next(self.vision_tower.parameters()).dtype
+        pixels = torch.cat(groups).to(device=device, dtype=tower_dtype)  # (sum of views, 3, S, S)
         with torch.set_grad_enabled(self._tower_grad()):
             tokens = self.vision_tower.forward_tokens(pixels, select_layer=e.select_layer,
                                                       select_feature=e.select_feature)  # (N, T, D)
@@ -250,7 +254,10 @@ class VisionLanguageModel(nn.Module):
                 feats, coords_i = feats["features"], feats.get("coords", coords_i)
             elif isinstance(feats, (tuple, list)):  # (features, coords)
                 feats, coords_i = feats
-            feats = torch.as_tensor(feats, dtype=torch.float32, device=device)
+            dtype = next(self.connector.parameters(), torch.empty(0)).dtype
+            if self.slide_encoder is not None:
+                dtype = next(self.slide_encoder.parameters()).dtype
+            feats = torch.as_tensor(feats, device=device).to(dtype)
             if feats.dim() != 2:
                 raise PathkitError(f"slide_features[{i}]: expected (N, D), got {tuple(feats.shape)}")
             x = feats.unsqueeze(0)  # (1, N, D)
@@ -262,7 +269,7 @@ class VisionLanguageModel(nn.Module):
                 if feats.shape[1] != expected:
                     raise PathkitError(f"slide_features[{i}]: feature dim {feats.shape[1]} != longnet.in_dim "
                                        f"{expected}")
-                coords = torch.as_tensor(coords_i, device=device).float().unsqueeze(0)  # (1, N, 2)
+                coords = torch.as_tensor(coords_i, device=device).unsqueeze(0)  # (1, N, 2) level-0 pixels
                 x = self.slide_encoder(x, coords)  # (1, N + 1, D')
             out.append(self.connector(x)[0])  # (T', H)
         return out
