@@ -543,7 +543,9 @@ class VisionLanguageModel(nn.Module):
         if meta["lora"]:
             from peft import PeftModel
 
-            model.llm = PeftModel.from_pretrained(model.llm, str(directory / "adapter"), is_trainable=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model.llm = PeftModel.from_pretrained(model.llm, str(directory / "adapter"), is_trainable=True)
         if not (directory / WEIGHTS_FILE).exists():
             raise PathkitError(f"{directory / WEIGHTS_FILE}: file not found")
         state = load_file(str(directory / WEIGHTS_FILE))
