@@ -41,7 +41,7 @@ def score_cmd(
     """Closed accuracy (pathkit + the seeds' variants), open recall, exact match, BLEU, ROUGE-L, METEOR."""
     from pathkit.eval.score import score_files
 
-    res = score_files(answers, questions, out, n_boot=bootstrap, seed=seed)
+    res = score_files(answers, questions, out, n_boot=bootstrap, seed=seed, progress=True)
 
     def fmt(m):
         return "n/a" if m["value"] is None else f"{m['value']:.3f}"

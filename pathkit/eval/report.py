@@ -49,6 +49,21 @@ def find_trained_models(workdir: str | Path) -> dict[str, Path]:
     return found
 
 
+def last_stage_models(models: dict[str, Path], vision: str = "image") -> dict[str, tuple[str, Path]]:
+    """``{recipe: (name, folder)}``: each recipe's most recently saved stage (stages run in order), keeping only
+    models of the given vision kind (slide models answer WSI questions, not tile questions)."""
+    last: dict[str, tuple[str, Path, float]] = {}
+    for name, path in models.items():
+        meta_path = path / "pathkit_vlm.json"
+        meta = json.loads(meta_path.read_text())
+        if meta.get("vision", "image") != vision:
+            continue
+        recipe, mtime = name.split("/")[0], meta_path.stat().st_mtime
+        if recipe not in last or mtime >= last[recipe][2]:
+            last[recipe] = (name, path, mtime)
+    return {k: (n, p) for k, (n, p, _) in sorted(last.items())}
+
+
 def stratified_questions(questions: list[dict[str, Any]], max_questions: int | None) -> list[dict[str, Any]]:
     """At most ``max_questions``, taken round-robin over categories so every question type stays present."""
     if not max_questions or len(questions) <= max_questions:

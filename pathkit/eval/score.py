@@ -118,11 +118,13 @@ def aggregate(items: Iterable[dict[str, Any]], n_boot: int = 1000, seed: int = 0
 
 
 def score(questions: list[dict[str, Any]], answers: dict[str, dict[str, Any]], n_boot: int = 1000,
-          seed: int = 0) -> dict[str, Any]:
+          seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Score answers (by question_id) against questions: overall, by answer type and by category."""
+    from tqdm.auto import tqdm
+
     items = []
     missing = 0
-    for q in questions:
+    for q in tqdm(questions, desc="score", disable=not progress or len(questions) < 200):
         ans = answers.get(q["question_id"])
         if ans is None:
             missing += 1
@@ -148,11 +150,11 @@ def score(questions: list[dict[str, Any]], answers: dict[str, dict[str, Any]], n
 
 
 def score_files(answers_path: str | Path, questions_path: str | Path, out_path: str | Path | None = None,
-                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                n_boot: int = 1000, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Read both files, score, and (if ``out_path``) write the metrics JSON atomically."""
     questions = read_questions(questions_path)
     answers = read_answers(answers_path)
-    result = score(questions, answers, n_boot=n_boot, seed=seed)
+    result = score(questions, answers, n_boot=n_boot, seed=seed, progress=progress)
     result["files"] = {"answers": str(answers_path), "questions": str(questions_path)}
     if out_path is not None:
         write_json(out_path, result)
