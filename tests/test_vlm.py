@@ -229,6 +229,8 @@ def test_scale_invariant_vlm_fixed_tokens_for_any_image_size():
     assert [t.shape for t in tokens] == [(16, m.llm.config.hidden_size)] * 3
     ids, mask, labels = _batch(m, [_conv("Q?", "A.")] * 3)
     assert torch.isfinite(m(ids, mask, labels, images=views).loss)
+    from_arrays = m.answer(["Q?"] * 3, images=images, max_new_tokens=4)  # tiled inside answer()
+    assert from_arrays == m.answer(["Q?"] * 3, images=views, max_new_tokens=4)
 
 
 def test_slide_features_through_pooling():
