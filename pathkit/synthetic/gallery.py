@@ -79,7 +79,7 @@ def slide_and_video_figure(slide_truth: Any, video_truth: Any, n_frames: int = 3
     ax.axis("off")
     ax = fig.add_subplot(grid[0, span:2 * span])
     ax.imshow(label_colours(slide_truth.label_map()), interpolation="nearest")
-    ax.set_title(f"ground-truth label map (1/{slide_truth.labels_downsample})", fontsize=9)
+    ax.set_title(f"ground-truth label map (downsample {slide_truth.labels_downsample})", fontsize=9)
     ax.axis("off")
     present = [c for c in CLASSES if slide_truth.class_fractions.get(c, 0) > 0]
     ax.legend(handles=[Patch(color=CLASS_COLOURS[c], label=c) for c in present], fontsize=7, loc="lower right",
