@@ -392,12 +392,12 @@ class VisionLanguageModel(nn.Module):
                         use_cache=False, **kwargs)
 
     def stop_token_ids(self) -> list[int]:
-        """EOS plus the template's single-token stop strings (e.g. Llama-3's ``<|eot_id|>``)."""
+        """EOS plus the template's stop strings that are one token (Llama-3's ``<|eot_id|>``, plain's newline)."""
         ids = [self.tokenizer.eos_token_id]
-        vocab = self.tokenizer.get_vocab()
-        for stop in get_template(self.template).stop_strings:
-            if stop in vocab:
-                ids.append(vocab[stop])
+        for stop in get_template(self.template).stop_strings:  # e.g. "<|eot_id|>", plain's "\n"
+            encoded = self.tokenizer(stop, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1:
+                ids.append(encoded[0])
         return [int(i) for i in dict.fromkeys(ids) if i is not None]
 
     @torch.no_grad()
