@@ -174,6 +174,9 @@ def test_save_load_identical_logits_with_lora(tmp_path):
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "vlm")
     assert loaded.has_lora and loaded.trainable_parts() == m.trainable_parts()
     torch.testing.assert_close(_logits(loaded), before, atol=0, rtol=0)
+    questions, images = ["Is there tumor?", "Grade?"], _images(2, seed=2)  # peft's generate path, both models
+    assert loaded.answer(questions, images=images, max_new_tokens=6) == m.answer(questions, images=images,
+                                                                                max_new_tokens=6)
 
 
 def test_save_load_after_full_llm_training(tmp_path):
