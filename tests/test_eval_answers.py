@@ -120,3 +120,31 @@ def test_cli_bad_model_dir_is_one_line_error(tmp_path):
                            str(tmp_path / "a.jsonl")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ")
     assert "model folder not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_slide_feature_questions_are_answered_with_features_and_coords(session_dir, tmp_path):
+    vlm = pytest.importorskip("pathkit.models.vlm")
+    import torch
+
+    from pathkit.config import Config
+    from pathkit.wsi.features import REQUIRED_ATTRS, write_features
+
+    cfg = Config.from_name("tiny")
+    model_dir = session_dir / "eval_tiny_slide_vlm"
+    if not (model_dir / vlm.META_FILE).exists():
+        vlm.VisionLanguageModel.from_config(cfg, vision="slide", slide_encoder=False).save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((12, cfg.longnet.in_dim)).astype(np.float32)
+    coords = rng.integers(0, 4000, (12, 2))
+    attrs = {**{k: 1 for k in REQUIRED_ATTRS}, "slide": "s1.svs", "encoder": "random"}
+    write_features(tmp_path / "slides" / "s1.h5", coords, attrs, features=feats)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": "s1-0", "image": "slides/s1.h5", "text": "Diagnosis?",
+                                     "answer": "adenocarcinoma", "answer_type": "OPEN"}) + "\n")
+    out = tmp_path / "a.jsonl"
+    res = generate_answers(model_dir, questions, out, max_new_tokens=4, progress=False)
+    assert res["answered"] == 1 and res["failed"] == 0
+    model = vlm.VisionLanguageModel.from_pretrained(model_dir)
+    direct = model.answer(["Diagnosis?"], slide_features=[torch.from_numpy(feats)],
+                          slide_coords=[torch.from_numpy(coords)], max_new_tokens=4)[0]
+    assert _rows(out)[0]["text"] == direct

@@ -39,18 +39,23 @@ def resolve_image(image: Any, base: Path) -> Path | None:
 
 
 def load_visual(path: Path | None) -> tuple[str, Any]:
-    """``("image", PIL.Image)`` or ``("slide", features tensor (N, D))`` or ``("none", None)``."""
+    """``("image", PIL.Image)``, ``("slide", (features (N, D) float32, coords (N, 2) int64))`` or
+    ``("none", None)``."""
     if path is None:
         return "none", None
     if not path.exists():
         raise PathkitError(f"{path}: image not found")
     if path.suffix in (".h5", ".hdf5"):
+        import numpy as np
         import torch
 
         from pathkit.wsi.features import read_features
 
-        _, feats, _ = read_features(path)
-        return "slide", torch.from_numpy(feats)
+        coords, feats, _ = read_features(path)
+        if feats is None:
+            raise PathkitError(f"{path}: no 'features' dataset (coords only); run pathkit extract first")
+        return "slide", (torch.as_tensor(np.asarray(feats), dtype=torch.float32),
+                         torch.as_tensor(np.asarray(coords), dtype=torch.long))
     from PIL import Image
 
     try:
@@ -65,7 +70,8 @@ def _answer_batch(model: Any, prompts: list[str], kinds: list[str], visuals: lis
     """Call ``model.answer`` for one batch of one visual kind."""
     kind = kinds[0]
     if kind == "slide":
-        return list(model.answer(prompts, slide_features=visuals, max_new_tokens=max_new_tokens))
+        return list(model.answer(prompts, slide_features=[f for f, _ in visuals],
+                                 slide_coords=[c for _, c in visuals], max_new_tokens=max_new_tokens))
     if kind == "image":
         return list(model.answer(prompts, images=visuals, max_new_tokens=max_new_tokens))
     return list(model.answer(prompts, max_new_tokens=max_new_tokens))
