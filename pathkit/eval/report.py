@@ -185,8 +185,9 @@ def plot_seed_numbers(path: str | Path | None = None):
     ax.set_xticks(np.arange(len(table["benchmarks"])) + width * (len(table["models"]) - 1) / 2)
     ax.set_xticklabels(table["benchmarks"], fontsize=8)
     ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
     ax.set_title("Published by the seeds (HuatuoGPT-Vision README), not measured here", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
