@@ -442,7 +442,10 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 
 
 def _tiny() -> Config:
-    return Config(preset="tiny")
+    # LongNet sized for a CPU: tile features of the tiny encoder (64-d), three short branches.
+    return Config(preset="tiny",
+                  longnet=LongNetConfig(in_dim=64, dim=64, depth=2, heads=4,
+                                        segment_lengths=(16, 64, 256), dilation_rates=(1, 2, 4)))
 
 
 def _gpu() -> Config:
