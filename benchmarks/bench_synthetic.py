@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "min_render_mpx_s": min(r["render_mpx_s"] for r in rows),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                    "device": "cpu"},
+                    "device": "cpu", "load_average_1m": os.getloadavg()[0]},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

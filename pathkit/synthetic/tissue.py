@@ -130,7 +130,7 @@ class _Field:
     """Deterministic random fields over absolute pixel coordinates, for one tile at ``origin``."""
 
     def __init__(self, key: int, x0: int, y0: int, h: int, w: int):
-        self.key, self.x0, self.y0, self.h, self.w = int(key), int(x0), int(y0), h, w
+        self.key, self.x0, self.y0, self.h, self.w = int(key) % 2**63, int(x0), int(y0), h, w
 
     def uniform(self, ids: np.ndarray, salt: int) -> np.ndarray:
         """U[0, 1) per id (float32), the same wherever the id is drawn."""
@@ -342,8 +342,8 @@ def _paint_lymphocytes(f, rng, attrs, scale):
 def _paint_necrosis(f, rng, attrs, scale):
     granular = _fine_noise(rng, f.h, f.w, 0.9 * scale)
     blotches = f.smooth(16 * scale, 30)
-    ce = 0.62 + 0.14 * granular + 0.12 * blotches  # eosinophilic, granular, smudgy
-    ch = 0.20 + 0.07 * granular + 0.05 * blotches  # diffuse basophilic haze of nuclear debris
+    ce = 0.60 + 0.11 * granular + 0.12 * blotches  # eosinophilic, granular, smudgy
+    ch = 0.18 + 0.04 * granular + 0.05 * blotches  # diffuse basophilic haze of nuclear debris
     dust = np.zeros((f.h, f.w), np.float32)
     kary = float(attrs.get("karyorrhexis", 0.7))
     centers, ids = f.scatter(0.02 + 0.05 * kary, np.pi * scale * scale, 3 * scale, salt=31, cell=8 * scale)
@@ -351,6 +351,18 @@ def _paint_necrosis(f, rng, attrs, scale):
     centers, ids = f.scatter(float(attrs.get("nuclear_density", 0.03)), np.pi * 4.0 * scale * scale,
                              4 * scale, salt=33, cell=16 * scale)
     _nuclei(dust, f, centers, ids, 2.0, 0.3, 0.9, 2.0, 0.2, irregularity=0.1, scale=scale, salt=34)
+    # ghost cells: pale outlines of dead cells whose nuclei are gone
+    ghosts, gids = f.scatter(0.25, np.pi * (6.0 * scale) ** 2, 8 * scale, salt=35, cell=24 * scale)
+    outline = np.zeros((f.h, f.w), np.float32)
+    ga = (5.0 + 1.5 * f.uniform(gids, 36)) * scale
+    gb = ga * (0.7 + 0.3 * f.uniform(gids, 37))
+    rot = 180.0 * f.uniform(gids, 38)
+    thick = max(2, int(round(1.5 * scale)))
+    for (x, y), a, b, r in zip(ghosts.tolist(), ga.tolist(), gb.tolist(), rot.tolist()):
+        centre, axes = (round(x * 4), round(y * 4)), (round(a * 4), round(b * 4))
+        cv2.ellipse(outline, centre, axes, r, 0, 360, 0.35, -1, cv2.LINE_8, 2)  # eosinophilic cell body
+        cv2.ellipse(outline, centre, axes, r, 0, 360, 1.0, thick, cv2.LINE_8, 2)  # its membrane
+    ce = ce + 0.45 * outline
     return np.maximum(ch, dust), np.clip(ce, 0.3, None)
 
 
