@@ -8,11 +8,12 @@ pixel's optical density is a sum of dye concentrations times the dyes' optical-d
 perturbation of the two OD vectors and their strengths.
 
 Classes and what tells them apart (``CLASSES``):
-    tumor        crowded, large, pleomorphic, hyperchromatic nuclei; mitotic figures when ``mitoses``;
-                 pleomorphism and size grow with ``grade`` 1-3.
+    tumor        crowded, large, pleomorphic, hyperchromatic nuclei in a sheet of cells with faint borders;
+                 mitotic figures when ``mitoses``; pleomorphism and size grow with ``grade`` 1-3.
     stroma       pink wavy collagen fibres with sparse spindle (elongated) nuclei aligned to them.
     lymphocytes  dense small round very dark nuclei with scant cytoplasm.
-    necrosis     pink granular debris, nuclear dust (karyorrhexis) and a few shrunken pyknotic nuclei.
+    necrosis     pink granular debris, nuclear dust (karyorrhexis), a few shrunken pyknotic nuclei and
+                 ghost cells (eosinophilic outlines of dead cells).
     gland        white lumina ringed by columnar epithelium whose nuclei sit radially around the lumen.
     adipose      large empty polygonal cells with thin pink membranes.
 
