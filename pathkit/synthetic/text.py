@@ -83,7 +83,7 @@ def caption_for(label: str, attributes: dict[str, Any], rng: np.random.Generator
     if label not in CLASSES:
         raise ValueError(f"label={label!r}: must be one of {CLASSES}")
     sentences = [_pick(rng, _OPENERS).format(noun_phrase=_pick(rng, _NOUN_PHRASES[label]))]
-    sentences.append(f"{_pick(rng, ('It shows', 'There are', 'Note the', 'We see'))} "
+    sentences.append(f"{_pick(rng, ('It shows', 'We see', 'The field shows', 'Features include'))} "
                      f"{_pick(rng, MORPHOLOGY[label])}.")
     density = attributes.get("nuclear_density")
     if label == "tumor":

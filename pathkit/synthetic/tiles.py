@@ -103,7 +103,7 @@ def half_with_mitoses(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _build_params(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
     return {"seed": int(seed), "tile_size": cfg.tile_size, "tiles_per_class": cfg.tiles_per_class,
-            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 4}
+            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 5}
 
 
 def _is_complete(ds: TileDataset, params: dict[str, Any]) -> bool:
