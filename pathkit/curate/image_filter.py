@@ -85,7 +85,7 @@ class ImageFilter:
 
     min_size: int = 64
     max_aspect: float = 4.0
-    max_blank: float = 0.9
+    min_tissue: float = 0.05  # share of pixels that are neither glass-white nor black (adipose is ~0.2)
     max_overexposed: float = 0.5
     min_contrast: float = 3.0
     min_he_score: float = 0.3
@@ -101,8 +101,8 @@ class ImageFilter:
             return f"aspect ({m['aspect']:.1f} > {self.max_aspect})"
         if m["contrast"] < self.min_contrast:
             return f"blank (contrast {m['contrast']:.1f} < {self.min_contrast})"
-        if m["blank_fraction"] > self.max_blank:
-            return f"blank ({m['blank_fraction']:.2f} > {self.max_blank} near-white)"
+        if m["tissue_fraction"] < self.min_tissue:
+            return f"blank (tissue {m['tissue_fraction']:.2f} < {self.min_tissue})"
         if m["overexposed_fraction"] > self.max_overexposed:
             return f"overexposed ({m['overexposed_fraction']:.2f} > {self.max_overexposed})"
         if m["he_score"] < self.min_he_score:

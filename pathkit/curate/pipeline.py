@@ -46,3 +46,26 @@ def filter_records(records: list[dict[str, Any]], text_filter: TextFilter | None
 def removal_counts(removed: list[dict[str, Any]]) -> dict[str, int]:
     """How many records each rule removed (for plots and summaries)."""
     return dict(Counter(r.get("rule") or r.get("reason") for r in removed))
+
+
+def curate_records(records: list[dict[str, Any]], text_filter: TextFilter | None = None,
+                   image_filter: ImageFilter | None = None, image_root: str | Path = ".", threshold: float = 0.9,
+                   dedup_images: bool = True, progress: bool = False,
+                   embed: Callable[[Any], Any] | None = None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Filters, then deduplication: (kept, removed) with each removal's ``stage`` (filter/dedup) and ``rule``.
+
+    ``embed``: the caption embedder (default :func:`pathkit.curate.dedup.caption_embedder`).
+    """
+    from pathkit.curate.dedup import dedup_records
+
+    kept, removed = filter_records(records, text_filter, image_filter, image_root, progress)
+    for r in removed:
+        r["stage"] = "filter"
+    index_of = {id(rec): i for i, rec in enumerate(records)}
+    final, report = dedup_records(kept, threshold, images=dedup_images, image_root=image_root, embed=embed,
+                                  progress=progress)
+    for r in report:
+        r["index"] = index_of[id(kept[r["index"]])]
+        r.update(stage="dedup", rule=f"duplicate_{r['reason']}")
+    return final, sorted(removed + report, key=lambda r: r["index"])

@@ -96,6 +96,10 @@ def conversation(inp: dict[str, Any]) -> dict[str, Any]:
         turns += [_human(f"What is the {name} here?", False), {"from": "gpt", "value": f"The {name} is {value}."}]
     if label and len(turns) == 2 and first:
         turns += [_human("What tissue type is this?", False), {"from": "gpt", "value": f"{label}."}]
+    dx = (inp.get("facts") or {}).get("diagnosis")
+    if dx:
+        turns += [_human("What diagnosis do these findings suggest?", False),
+                  {"from": "gpt", "value": f"Together with the rest of the case, they are consistent with {dx}."}]
     return {"conversations": turns}
 
 
@@ -180,17 +184,18 @@ def wsi_bench(inp: dict[str, Any]) -> dict[str, Any]:
 def abduction_hypothesis(inp: dict[str, Any], guidance: list[str]) -> dict[str, Any]:
     """The trainee: first a plausible wrong guess, then the answer the guidance points to."""
     evidence = "; ".join(b["text"] for b in inp.get("boxes") or []) or " ".join(_sentences(inp.get("caption") or "")[:1])
+    evidence = evidence.rstrip(" .") or "the described tissue"
     candidates = [c for c in (inp.get("facts") or {}).get("choices") or DEFAULT_DIAGNOSES]
     rng = _rng(inp)
     rng.shuffle(candidates)
     for text in reversed(guidance):
         m = re.search(r"consider ([^.\n]+)", text)
         if m:
-            return {"hypothesis": m.group(1).strip(), "reasoning": f"Revised after guidance; the image shows {evidence}."}
+            return {"hypothesis": m.group(1).strip(), "reasoning": f"Revised after guidance. Evidence: {evidence}."}
     if guidance:  # a clue without the answer: a second, different guess
         return {"hypothesis": candidates[1 % len(candidates)],
-                "reasoning": f"Revised after guidance; the image shows {evidence}."}
-    return {"hypothesis": candidates[0], "reasoning": f"The image shows {evidence}."}
+                "reasoning": f"Revised after guidance. Evidence: {evidence}."}
+    return {"hypothesis": candidates[0], "reasoning": f"Evidence: {evidence}."}
 
 
 def abduction_verdict(inp: dict[str, Any], hypothesis: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +205,7 @@ def abduction_verdict(inp: dict[str, Any], hypothesis: dict[str, Any]) -> dict[s
         return {"verdict": "correct", "guidance": f"Correct. The key evidence: {'; '.join(_clues(inp)) or dx}."}
     clues = _clues(inp)
     if clues and not hypothesis.get("reasoning", "").startswith("Revised"):
-        return {"verdict": "revise", "guidance": f"Not quite. Look again at: {clues[0]}."}
+        return {"verdict": "revise", "guidance": f"Not quite. Look again at this finding: {clues[0].rstrip(' .')}."}
     return {"verdict": "revise", "guidance": f"Not quite. Given all the findings, consider {dx}."}
 
 
