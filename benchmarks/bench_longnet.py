@@ -26,7 +26,15 @@ Writes figures/longnet.json and figures/longnet.png (``--out`` to change the ste
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -35,7 +43,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pathkit.models.longnet import attention_with_lse  # noqa: E402
+from pathkit.models.longnet import attention_with_lse, dilated_attention  # noqa: E402
 
 GIGAPATH_SEGMENTS = (1024, 5792, 32768, 185363, 1048576)
 GIGAPATH_DILATIONS = (1, 2, 4, 8, 16)
@@ -99,3 +107,298 @@ def _ts_sparse_to_dense(out, lse, r, H):
     lse = lse.masked_fill(lse == 0, -1e8)
     lse = lse.permute(0, 4, 2, 1, 3).reshape(b, Hp, rows * r, 1)
     return out[:, :H], lse[:, :H]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+def attention_floor_flops(n: int, heads: int, head_dim: int, segments, dilations) -> float:
+    """Forward FLOPs the method cannot avoid: per branch and head 4 * N * min(w, N) * Dh / r**2."""
+    return float(sum(4.0 * n * min(w, n) * head_dim * heads / r**2 for w, r in zip(segments, dilations)))
+
+
+def dense_flops(n: int, heads: int, head_dim: int) -> float:
+    return 4.0 * n * n * head_dim * heads
+
+
+BACKWARD_FACTOR = 3.5  # forward + backward = 1 + 2.5 forward (FlashAttention-2 convention)
+
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "A10": 125.0, "L4": 121.0}  # dense tensor-core bf16
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS.items():  # most specific names first
+        if key in device_name:
+            return value
+    return None
+
+
+class CpuPeakMemory:
+    """Peak resident memory above the starting point, sampled every millisecond from /proc/self/statm.
+
+    The benchmark re-executes itself with MALLOC_MMAP_THRESHOLD_=65536 so that large tensors are unmapped when
+    freed and the resident size follows live memory."""
+
+    def __init__(self):
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def used(self) -> int:
+        return self.peak - self.start
+
+
+METHODS = {
+    "pathkit": lambda q, k, v, s, d: dilated_attention(q, k, v, s, d),
+    "torchscale": torchscale_style_attention,
+    "dense": lambda q, k, v, s, d: F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2),
+}
+
+
+def measure(method: str, n: int, mode: str, args) -> dict:
+    """Time (median of repeats) and peak memory of one (method, length, mode) point; OOM is recorded."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    fn = METHODS[method]
+    heads, dh = args.heads, args.head_dim
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    row = {"method": method, "n": n, "mode": mode}
+    try:
+        q, k, v = (torch.randn(1, n, heads, dh, generator=gen).to(device, dtype).requires_grad_(mode == "fwd+bwd")
+                   for _ in range(3))
+        grad = torch.randn(1, n, heads, dh, generator=gen).to(device, dtype) if mode == "fwd+bwd" else None
+
+        def step():
+            if mode == "fwd":
+                with torch.no_grad():
+                    return fn(q, k, v, args.segments, args.dilations)
+            out = fn(q, k, v, args.segments, args.dilations)
+            out.backward(grad)
+            q.grad = k.grad = v.grad = None
+            return out
+
+        step()  # warm-up (kernel selection, allocator)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        times = []
+        with CpuPeakMemory() if device.type == "cpu" else contextlib.nullcontext() as mem:
+            for _ in range(args.repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                step()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+                if sum(times) > args.max_seconds_per_point:
+                    break
+        row["seconds"] = float(sorted(times)[len(times) // 2])
+        row["repeats"] = len(times)
+        row["peak_bytes"] = (torch.cuda.max_memory_allocated(device) - base) if device.type == "cuda" else mem.used
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        row.update(oom=True, error=type(err).__name__)
+    except RuntimeError as err:
+        if "out of memory" not in str(err).lower():
+            raise
+        row.update(oom=True, error=str(err).splitlines()[0][:200])
+    finally:
+        q = k = v = grad = None  # noqa: F841
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if "seconds" in row:
+        factor = BACKWARD_FACTOR if mode == "fwd+bwd" else 1.0
+        floor = dense_flops(n, heads, dh) if method == "dense" else attention_floor_flops(
+            n, heads, dh, args.segments, args.dilations)
+        row["floor_flops"] = floor * factor
+        row["floor_tflops_per_s"] = floor * factor / row["seconds"] / 1e12
+    return row
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_agreement(args) -> float:
+    """pathkit vs torchscale-style on the device at a small length (the shifted-scatter case cannot occur)."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    q, k, v = (torch.randn(1, 3000, args.heads, args.head_dim, generator=gen).to(device, dtype) for _ in range(3))
+    with torch.no_grad():
+        a = dilated_attention(q, k, v, args.segments, args.dilations)
+        b = torchscale_style_attention(q, k, v, args.segments, args.dilations)
+    return float((a.float() - b.float()).abs().max())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="default 1k..16k on CPU, 1k..100k (with 30k) on CUDA")
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=48)
+    parser.add_argument("--segments", type=int, nargs="+", default=list(GIGAPATH_SEGMENTS))
+    parser.add_argument("--dilations", type=int, nargs="+", default=list(GIGAPATH_DILATIONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS))
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=("fwd", "fwd+bwd"))
+    parser.add_argument("--dense-max", type=int, default=None,
+                        help="longest length for dense SDPA (default 8192 on CPU, 100000 on CUDA)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per point (median)")
+    parser.add_argument("--max-seconds-per-point", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default=str(REPO / "figures" / "longnet"), help="output stem (.json, .png)")
+    args = parser.parse_args(argv)
+    if args.device == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # see CpuPeakMemory
+        return subprocess.call([sys.executable, str(Path(__file__).resolve()), *(argv or sys.argv[1:])], env=env)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    args.dtype = args.dtype or ("bf16" if cuda else "fp32")
+    args.lengths = args.lengths or ([1024, 2048, 4096, 8192, 16384, 30000, 65536, 100000] if cuda
+                                    else [1024, 2048, 4096, 8192, 16384])
+    args.dense_max = args.dense_max or (100000 if cuda else 8192)
+    args.repeats = args.repeats or (10 if cuda else 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if len(args.segments) != len(args.dilations):
+        parser.error("--segments and --dilations need the same count")
+
+    device_name = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine())
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
+               "device_name": device_name, "dtype": args.dtype,
+               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    print(json.dumps(machine))
+    agreement = check_agreement(args)
+    print(f"pathkit vs torchscale-style at N=3000: max abs difference {agreement:.2e}")
+
+    rows = []
+    for n in args.lengths:
+        for mode in args.modes:
+            for method in args.methods:
+                if method == "dense" and n > args.dense_max:
+                    continue
+                row = measure(method, n, mode, args)
+                rows.append(row)
+                if row.get("oom"):
+                    print(f"N={n:>7} {mode:<8} {method:<10} OOM")
+                else:
+                    print(f"N={n:>7} {mode:<8} {method:<10} {row['seconds'] * 1e3:10.2f} ms "
+                          f"{row['peak_bytes'] / 2**20:10.1f} MiB {row['floor_tflops_per_s']:8.3f} TFLOP/s (floor)")
+            by = {r["method"]: r for r in rows if r["n"] == n and r["mode"] == mode and "seconds" in r}
+            if "pathkit" in by:
+                ratios = {m: by[m]["seconds"] / by["pathkit"]["seconds"] for m in by if m != "pathkit"}
+                print(f"N={n:>7} {mode:<8} speed-up of pathkit: "
+                      + ", ".join(f"vs {m} {x:.2f}x" for m, x in ratios.items()))
+
+    summary = summarise(rows, machine)
+    print(json.dumps(summary, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    with open(out.with_suffix(".json"), "w") as fh:
+        json.dump({"machine": machine, "settings": settings, "agreement_max_abs": agreement,
+                   "floor": "per branch (w, r) and head: 4 * N * min(w, N) * Dh / r^2 FLOPs forward (dense: "
+                            "4 * N^2 * Dh), x3.5 for forward+backward",
+                   "results": rows, "summary": summary}, fh, indent=1)
+    plot(rows, machine, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    return 0
+
+
+def summarise(rows, machine) -> dict:
+    """Speed-ups, memory growth (bytes per token) and floor fractions, per mode."""
+    ok = [r for r in rows if "seconds" in r]
+    peak = peak_tflops(machine["device_name"]) if machine["device"] == "cuda" else None
+    out = {"peak_bf16_tflops": peak}
+    for mode in sorted({r["mode"] for r in ok}):
+        rs = [r for r in ok if r["mode"] == mode]
+        pk = {r["n"]: r for r in rs if r["method"] == "pathkit"}
+        ts = {r["n"]: r for r in rs if r["method"] == "torchscale"}
+        dense = {r["n"]: r for r in rs if r["method"] == "dense"}
+        dense_best = max((r["floor_tflops_per_s"] for r in dense.values()), default=None)
+        m = {"speedup_vs_torchscale": {n: ts[n]["seconds"] / pk[n]["seconds"] for n in pk if n in ts},
+             "speedup_vs_dense": {n: dense[n]["seconds"] / pk[n]["seconds"] for n in pk if n in dense},
+             "pathkit_bytes_per_token": {n: pk[n]["peak_bytes"] / n for n in pk},
+             "torchscale_bytes_per_token": {n: ts[n]["peak_bytes"] / n for n in ts},
+             "pathkit_floor_tflops": {n: pk[n]["floor_tflops_per_s"] for n in pk},
+             "dense_sdpa_best_tflops": dense_best}
+        if dense_best:
+            m["pathkit_fraction_of_dense_sdpa_throughput"] = {n: pk[n]["floor_tflops_per_s"] / dense_best for n in pk}
+        if peak:
+            m["pathkit_fraction_of_peak"] = {n: pk[n]["floor_tflops_per_s"] / peak for n in pk}
+        out[mode] = m
+    return out
+
+
+def plot(rows, machine, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "seconds" in r]
+    modes = sorted({r["mode"] for r in ok}, key=lambda m: m != "fwd")
+    fig, axes = plt.subplots(2, max(2, len(modes)), figsize=(6 * max(2, len(modes)), 8.5), squeeze=False)
+    colors = {"pathkit": "tab:blue", "torchscale": "tab:orange", "dense": "tab:gray"}
+    for j, mode in enumerate(modes):
+        for method in METHODS:
+            rs = sorted((r for r in ok if r["mode"] == mode and r["method"] == method), key=lambda r: r["n"])
+            if not rs:
+                continue
+            ns = [r["n"] for r in rs]
+            axes[0, j].plot(ns, [r["seconds"] * 1e3 for r in rs], "o-", color=colors[method], label=method)
+            axes[1, j].plot(ns, [r["peak_bytes"] / 2**20 for r in rs], "o-", color=colors[method], label=method)
+            ooms = [r["n"] for r in rows if r["mode"] == mode and r["method"] == method and r.get("oom")]
+            for n in ooms:
+                axes[0, j].axvline(n, color=colors[method], ls=":", lw=1)
+        axes[0, j].set_title(f"{mode}: time ({machine['device_name']}, {machine['dtype']})", fontsize=10)
+        axes[0, j].set_ylabel("ms")
+        axes[1, j].set_title(f"{mode}: peak memory above inputs", fontsize=10)
+        axes[1, j].set_ylabel("MiB")
+        for ax in axes[:, j]:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length (tokens)")
+            ax.legend(fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle("LongNet dilated attention, Prov-GigaPath settings (16 heads x 48, r = 1..16): pathkit vs "
+                 "torchscale-style vs dense SDPA", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -225,10 +225,10 @@ def dilated_attention(
     heads = max(g.padded_heads for g in geoms)
     qp, kp, vp = (_pad(x, length, heads) for x in (q, k, v))
 
-    sparse_out, sparse_lse, scatter_index = [], [], []
+    sparse_out, out_index, sparse_lse, lse_index = [], [], [], []
     for g in geoms:
         qs, ks, vs = (_gather(x, g) for x in (qp, kp, vp))  # (B*segments, padded_heads, rows, D)
-        position, real = g.positions(q.device)
+        position, real = g.positions(q.device)  # (segments, padded_heads, rows)
         mask = None
         if mask_padding and not bool(real.all()):
             # Row 0 of a group is kept so no row is fully masked; a group whose row 0 is padding holds
@@ -237,23 +237,29 @@ def dilated_attention(
             keep[..., 0] = True
             mask = keep.unsqueeze(2).repeat(B, 1, 1, 1)  # (B*segments, padded_heads, 1, rows)
         out, lse = attention_with_lse(qs, ks, vs, scale, mask)
-        sparse_out.append(out.reshape(B, -1, D))  # rows in (segment, head, row) order
-        sparse_lse.append(lse.reshape(B, -1))
         head = torch.arange(g.padded_heads, device=q.device).view(1, -1, 1)
-        flat = torch.where(real & (head < H), position * H + head, N * H)  # N*H = a dump slot
-        scatter_index.append(flat.reshape(-1))
+        flat = torch.where(real & (head < H), position * H + head, N * H)  # flat (position, head); N*H = dump
+        # Read the kernel's output in its memory order (flash kernels write (batch, row, head, D)): no copy.
+        if out.transpose(1, 2).is_contiguous():
+            sparse_out.append(out.transpose(1, 2).reshape(B, -1, D))
+            out_index.append(flat.transpose(1, 2).reshape(-1))
+        else:
+            sparse_out.append(out.reshape(B, -1, D))
+            out_index.append(flat.reshape(-1))
+        sparse_lse.append(lse.reshape(B, -1))
+        lse_index.append(flat.reshape(-1))
 
     # Merge weights need every branch's LSE at every (position, head): a small (B, N*H) map per branch.
     with torch.no_grad():
         dense_lse = torch.stack([
             lse.new_full((B, N * H + 1), float("-inf")).index_copy_(1, idx, lse)
-            for idx, lse in zip(scatter_index, sparse_lse)
+            for idx, lse in zip(lse_index, sparse_lse)
         ])
         weights = merge_weights(dense_lse)  # (branches, B, N*H + 1)
 
     out = q.new_zeros(B, N * H + 1, D)
-    for o, idx, wt in zip(sparse_out, scatter_index, weights):
-        out = out.index_add(1, idx, o * wt[:, idx].unsqueeze(-1).to(o.dtype))
+    for o, idx, wt in zip(sparse_out, out_index, weights):
+        out.index_add_(1, idx, o * wt[:, idx].unsqueeze(-1).to(o.dtype))
     return out[:, : N * H].view(B, N, H, D)
 
 

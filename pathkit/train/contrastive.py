@@ -301,7 +301,8 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
                vision: str | None = None, epochs: int | None = None, batch_size: int | None = None,
                lr: float | None = None, weight_decay: float = 0.1, warmup_ratio: float = 0.1,
                max_steps: int = -1, itm_weight: float | None = None, freeze: Sequence[str] = (),
-               seed: int | None = None, progress: bool = False, evaluate: bool = True) -> dict[str, Any]:
+               seed: int | None = None, progress: bool = False, evaluate: bool = True,
+               num_threads: int | None = None) -> dict[str, Any]:
     """Train a PathologyCLIP and save it to ``out_dir/model``; returns the summary written to ``metrics.json``.
 
     Args:
@@ -316,7 +317,19 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
         freeze: towers to keep frozen (``image``, ``text``).
         seed: default ``cfg.seed``. progress: show Lightning's progress bar.
         evaluate: compute held-out retrieval / zero-shot before and after (the ``metrics.json`` numbers).
+        num_threads: torch intra-op threads during this call (restored after). Tiny models run thousands of
+            tiny ops; on a busy 2-core machine 1 thread was measured ~15x faster than 2.
     """
+    if num_threads:
+        before_threads = torch.get_num_threads()
+        torch.set_num_threads(num_threads)
+        try:
+            return train_clip(cfg, out_dir, source=source, data_dir=data_dir, vision=vision, epochs=epochs,
+                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                              max_steps=max_steps, itm_weight=itm_weight, freeze=freeze, seed=seed,
+                              progress=progress, evaluate=evaluate)
+        finally:
+            torch.set_num_threads(before_threads)
     out_dir = Path(out_dir)
     seed = cfg.seed if seed is None else seed
     L.seed_everything(seed, workers=True, verbose=False)
