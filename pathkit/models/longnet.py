@@ -41,8 +41,11 @@ transformer layers with torchscale's sub-LayerNorms, dilated attention), loadabl
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
+import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +96,11 @@ class BranchGeometry:
     def simple(self) -> bool:
         """Segments can be laid end to end without per-segment padding (one segment, or ``w % r == 0``)."""
         return self.segments == 1 or self.padded_w == self.w
+
+    @property
+    def all_real(self) -> bool:
+        """No zero padding anywhere in the branch's gathered rows."""
+        return self.n % self.w == 0 and self.padded_w == self.w
 
     @property
     def flat_length(self) -> int:
@@ -228,21 +236,19 @@ def dilated_attention(
     sparse_out, out_index, sparse_lse, lse_index = [], [], [], []
     for g in geoms:
         qs, ks, vs = (_gather(x, g) for x in (qp, kp, vp))  # (B*segments, padded_heads, rows, D)
-        position, real = g.positions(q.device)  # (segments, padded_heads, rows)
+        flat, flat_rows_first, real = _branch_index(g, q.device)  # (segments, padded_heads, rows) each
         mask = None
-        if mask_padding and not bool(real.all()):
+        if mask_padding and not g.all_real:
             # Row 0 of a group is kept so no row is fully masked; a group whose row 0 is padding holds
             # padding only, and its outputs are thrown away.
             keep = real.clone()
             keep[..., 0] = True
             mask = keep.unsqueeze(2).repeat(B, 1, 1, 1)  # (B*segments, padded_heads, 1, rows)
         out, lse = attention_with_lse(qs, ks, vs, scale, mask)
-        head = torch.arange(g.padded_heads, device=q.device).view(1, -1, 1)
-        flat = torch.where(real & (head < H), position * H + head, N * H)  # flat (position, head); N*H = dump
         # Read the kernel's output in its memory order (flash kernels write (batch, row, head, D)): no copy.
         if out.transpose(1, 2).is_contiguous():
             sparse_out.append(out.transpose(1, 2).reshape(B, -1, D))
-            out_index.append(flat.transpose(1, 2).reshape(-1))
+            out_index.append(flat_rows_first)
         else:
             sparse_out.append(out.reshape(B, -1, D))
             out_index.append(flat.reshape(-1))
@@ -271,6 +277,18 @@ def _pad(x: torch.Tensor, length: int, heads: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, heads - h, 0, length - n))
 
 
+@functools.lru_cache(maxsize=64)
+def _branch_index(g: BranchGeometry, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scatter indices of a branch, cached per geometry and device (they are the same for every layer):
+    flat ``position * heads + head`` per gathered row (``n * heads`` for padding: a dump slot) in
+    (segment, head, row) order, the same flattened in (segment, row, head) order, and the real-token mask."""
+    with torch.inference_mode(False):  # cached tensors must stay usable by autograd later
+        position, real = g.positions(device)
+        head = torch.arange(g.padded_heads, device=device).view(1, -1, 1)
+        flat = torch.where(real & (head < g.heads), position * g.heads + head, g.n * g.heads)
+        return flat, flat.transpose(1, 2).reshape(-1), real
+
+
 def _gather(x: torch.Tensor, g: BranchGeometry) -> torch.Tensor:
     """(B, L >= flat_length, heads >= padded_heads, D) -> (B*segments, padded_heads, rows, D) for SDPA.
 
@@ -296,28 +314,60 @@ def attention_with_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention on (B, H, L, D) returning (output (B, H, L, D), LSE (B, H, L) float32, no gradient).
 
-    ``keep`` (bool, broadcastable to (B, H, L, L)) marks keys that may be attended. Uses PyTorch's fused
-    kernels that return the LSE (flash on CPU; flash or memory-efficient on CUDA); if none applies, the public
-    ``scaled_dot_product_attention`` plus a chunked log-sum-exp pass.
+    ``keep`` (bool, broadcastable to (B, H, L, L)) marks keys that may be attended. Uses the fused kernels
+    behind ``scaled_dot_product_attention`` that also return the LSE: CPU flash; on CUDA flash (fp16/bf16) or
+    memory-efficient, or cuDNN when ``PATHKIT_LSE_BACKEND=cudnn``. Whatever a kernel refuses (shape, dtype,
+    build) goes to the portable path: public ``scaled_dot_product_attention`` plus a chunked log-sum-exp pass
+    (``PATHKIT_LSE_BACKEND=portable`` forces it).
     """
-    try:
-        if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-            bias = None if keep is None else _bias(keep, q.dtype)
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, False, attn_mask=bias, scale=scale)
+    backend = os.environ.get("PATHKIT_LSE_BACKEND", "auto")
+    for kernel in _lse_kernels(q, keep, backend):
+        try:
+            out, lse = kernel(q, k, v, scale, keep)
             return out, lse.detach()
-        if q.device.type == "cuda" and keep is None:
-            if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
-                res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
-                return res[0], res[1].detach()
-            res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
-                                                                       scale=scale)
-            return res[0], res[1][..., : q.shape[-2]].detach()
-    except (RuntimeError, NotImplementedError):
-        pass  # an unsupported shape/dtype/build for the fused kernel: use the portable path below
+        except (RuntimeError, NotImplementedError):
+            continue  # this kernel does not take these inputs: try the next one
     mask = None if keep is None else keep.expand(q.shape[0], q.shape[1], 1, k.shape[-2])
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out, _chunked_lse(q, k, scale, mask)
+
+
+def _lse_kernels(q: torch.Tensor, keep: torch.Tensor | None, backend: str) -> list:
+    if backend == "portable":
+        return []
+    if q.device.type == "cpu":
+        return [_cpu_flash] if q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16) else []
+    if q.device.type != "cuda" or keep is not None:
+        return []  # masks on CUDA (mask_padding=True): the portable path
+    kernels = []
+    if backend == "cudnn":
+        kernels.append(_cuda_cudnn)
+    if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
+        kernels.append(_cuda_flash)
+    kernels.append(_cuda_efficient)
+    return kernels
+
+
+def _cpu_flash(q, k, v, scale, keep):
+    bias = None if keep is None else _bias(keep, q.dtype)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias,
+                                                                        scale=scale)
+
+
+def _cuda_flash(q, k, v, scale, keep):
+    res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
+    return res[0], res[1]
+
+
+def _cuda_efficient(q, k, v, scale, keep):
+    res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)
+    return res[0], res[1][..., : q.shape[-2]]  # its LSE is padded to a multiple of 32 rows
+
+
+def _cuda_cudnn(q, k, v, scale, keep):
+    res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False, scale=scale)
+    lse = res[1]
+    return res[0], (lse[..., 0] if lse.dim() == 4 else lse)[..., : q.shape[-2]]
 
 
 def _bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -493,9 +543,9 @@ class LongNetEncoder(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)  # the CLS position embedding is zero
         return torch.cat([cls, x], dim=1)
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor, all_layers: bool = False):
-        """Tokens (B, N + 1, dim) after the output norm; with ``all_layers`` a list: the embedding and every
-        layer's output (torchscale ``encoder_states``; the last one passes through the encoder's final norm)."""
+    def encoder_states(self, features: torch.Tensor, coords: torch.Tensor) -> list[torch.Tensor]:
+        """The embedding and every layer's output, (B, N + 1, dim) each, before any final norm (torchscale's
+        ``encoder_states``). Layers are checkpointed when ``gradient_checkpointing`` is on and training."""
         x = self.dropout(self.embed(features, coords))
         states = [x]
         for layer in self.layers:
@@ -504,21 +554,34 @@ class LongNetEncoder(nn.Module):
             else:
                 x = layer(x)
             states.append(x)
-        x = self.final_norm(x)
-        if all_layers:
-            states[-1] = x
-            return [self.norm(s) for s in states]
-        return self.norm(x)
+        return states
 
-    def slide_embedding(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """(B, dim) slide vector exactly as Prov-GigaPath's ``LongNetViT`` returns ``last_layer_embed``."""
-        x = self.dropout(self.embed(features, coords))
-        for layer in self.layers:
-            x = layer(x)
-        x = self.final_norm(x)
+    def forward(self, features: torch.Tensor, coords: torch.Tensor, all_layers: bool = False):
+        """Tokens (B, N + 1, dim): ``norm(final_norm(last layer))``, CLS first.
+
+        With ``all_layers``: a list with the embedding and every layer's output, each through ``norm`` only, as
+        Prov-GigaPath's ``all_layer_embed=True`` sees them (torchscale's encoder_states skip the encoder's final
+        LayerNorm, so Prov-GigaPath's pipeline ``last_layer_embed`` differs from its ``all_layer_embed=False``
+        output; both are reproduced here)."""
+        states = self.encoder_states(features, coords)
+        if all_layers:
+            return [self.norm(s) for s in states]
+        return self.norm(self.final_norm(states[-1]))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N + 1, dim) un-normed tokens -> (B, dim): ``norm`` of the CLS, or ``norm`` of the tile mean."""
         if self.cfg.global_pool:
             return self.norm(x[:, 1:].mean(dim=1))
         return self.norm(x)[:, 0]
+
+    def slide_embedding(self, features: torch.Tensor, coords: torch.Tensor, all_layers: bool = False):
+        """(B, dim) slide vector as ``LongNetViT.forward`` returns it (CLS, or the tile mean with
+        ``global_pool``); with ``all_layers`` the list Prov-GigaPath's pipeline returns as ``layer_{i}_embed``
+        (its ``last_layer_embed`` is the last element)."""
+        states = self.encoder_states(features, coords)
+        if all_layers:
+            return [self.pool(s) for s in states]
+        return self.pool(self.final_norm(states[-1]))
 
     # ---------------------------------------------------------------------------------------------- checkpoints
 
@@ -536,13 +599,16 @@ class LongNetEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: str | Path | dict[str, torch.Tensor],
-                        cfg: LongNetConfig | None = None, **overrides: Any) -> LongNetEncoder:
+                        cfg: LongNetConfig | None = None, weights_only: bool = True,
+                        **overrides: Any) -> LongNetEncoder:
         """Load a pathkit checkpoint folder, a Prov-GigaPath ``slide_encoder.pth``, or a state dict of either.
 
         Prov-GigaPath key names (``patch_embed.proj``, ``encoder.layers.i.self_attn.q_proj``, ...) are mapped to
         pathkit's (:func:`gigapath_to_pathkit`). Width, depth, input and FFN sizes are read from the tensors;
         heads and branches come from ``cfg`` (default: Prov-GigaPath's 16 heads and five branches).
         ``overrides`` replace config fields (e.g. ``global_pool=True``, ``gradient_checkpointing=True``).
+        A ``.pth`` is read with ``torch.load(weights_only=True)``; pass ``weights_only=False`` only for a file
+        you trust that also pickles other Python objects.
         """
         if isinstance(source, (str, Path)):
             path = Path(source)
@@ -564,7 +630,11 @@ class LongNetEncoder(nn.Module):
 
                 state = load_file(str(path))
             else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=weights_only)
+                except pickle.UnpicklingError as err:
+                    raise PathkitError(f"{path}: holds more than tensors ({str(err).splitlines()[0][:120]}); "
+                                       "pass weights_only=False if you trust the file") from err
         else:
             state = source
         if "model" in state and isinstance(state["model"], dict):  # Prov-GigaPath wraps it as {"model": ...}
