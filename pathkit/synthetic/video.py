@@ -392,7 +392,8 @@ def write_vtt(path: str | Path, utterances: list[Utterance]) -> Path:
 
 def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 10.0,
                          size: tuple[int, int] = (320, 240), seed: int = 0, background: str = "synthetic",
-                         cursor_kind: str | None = None, crf: int = 28, noise: float = 2.0) -> VideoTruth:
+                         cursor_kind: str | None = None, crf: int = 28, noise: float = 2.0,
+                         screen_scale: float = 1.0) -> VideoTruth:
     """Write a synthetic narrated lecture: ``path`` (MP4, H.264), ``<stem>.vtt`` and ``<stem>.truth.json``.
 
     Args:
@@ -403,6 +404,8 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
         cursor_kind: ``"arrow"`` or ``"hand"``; default: arrow, hand for one seed in four.
         crf: x264 constant rate factor; 28 gives the blocky compression of web lectures.
         noise: standard deviation (grey levels) of per-frame camera noise, as microscope cameras show.
+        screen_scale: render the "screen" this many times larger and downscale it to ``size`` (a 1080p
+            screen recorded at 720p is 1.5): the pointer then appears smaller and blurred, as in real uploads.
     """
     import av
     import cv2
@@ -418,7 +421,9 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
     if n_frames < int(2 * fps):
         raise PathkitError(f"{path}: seconds={seconds} too short (need >= 2 s)")
     cursor_kind = cursor_kind or ("hand" if seed % 4 == 3 else "arrow")
-    shape = SHAPES[cursor_kind].scaled(cursor_scale_for(fh))
+    sw_, sh_ = int(round(fw * screen_scale)), int(round(fh * screen_scale))
+    shape = SHAPES[cursor_kind].scaled(cursor_scale_for(sh_))
+    out_hw = (int(np.ceil(shape.grey.shape[0] / screen_scale)), int(np.ceil(shape.grey.shape[1] / screen_scale)))
 
     cw, ch = 2 * fw, 2 * fh
     if background == "synthetic":
@@ -427,8 +432,7 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
         canvas, label_map, classes = ihc_background(max(ch, cw), max(ch, cw))
         cw = ch = max(cw, ch)
     spans, transitions, per_frame = _plan_views(n_frames, fps, (cw, ch), (fw, fh), rng)
-    cursor, utterances = _plan_cursor(spans, per_frame, fps, (fw, fh), label_map, classes, rng,
-                                      shape.grey.shape)
+    cursor, utterances = _plan_cursor(spans, per_frame, fps, (fw, fh), label_map, classes, rng, out_hw)
 
     noise_rng = np.random.default_rng([seed, 11])
     with atomic_path(path) as tmp:
@@ -439,13 +443,16 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
             stream.width, stream.height, stream.pix_fmt = fw, fh, "yuv420p"
             stream.options = {"crf": str(crf), "preset": "veryfast"}
             for k, v in enumerate(per_frame):
-                frame = cv2.warpAffine(canvas, _view_matrix(v, (fw, fh)), (fw, fh), flags=cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_REFLECT)
+                m = _view_matrix(v, (fw, fh)) * screen_scale
+                frame = cv2.warpAffine(canvas, m, (sw_, sh_), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+                if cursor[k] is not None:
+                    x, y = cursor[k]
+                    draw_cursor(frame, int(round(x * screen_scale)), int(round(y * screen_scale)), shape)
+                if screen_scale != 1.0:
+                    frame = cv2.resize(frame, (fw, fh), interpolation=cv2.INTER_AREA)
                 if noise > 0:
                     grain = noise_rng.normal(0, noise, frame.shape[:2]).astype(np.float32)[..., None]
                     frame = np.clip(frame.astype(np.float32) + grain, 0, 255).astype(np.uint8)
-                if cursor[k] is not None:
-                    draw_cursor(frame, cursor[k][0], cursor[k][1], shape)
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
             for packet in stream.encode():

@@ -3,9 +3,10 @@
 Quilt never released its detector. pathkit's:
 
 1. grey frames, downscaled to ``analysis_width``, at ``analysis_fps``, lightly blurred (compression noise);
-2. difference of consecutive analysis frames; pixels that changed by more than ``pixel_threshold`` grey
-   levels form connected blobs, and blobs smaller than ``blob_fraction`` of the frame (a moving pointer,
-   compression flicker) are masked out **before** averaging, so a pointer never splits a chunk;
+2. difference of consecutive analysis frames; only pixels that changed by more than ``pixel_threshold`` grey
+   levels count (a keyframe's global flicker does not), they form connected blobs, and blobs smaller than
+   ``blob_fraction`` of the frame (a moving pointer, compression noise) are masked out **before**
+   averaging, so a pointer never splits a chunk;
 3. an **adaptive** threshold from the video's own signal: ``median + k * MAD`` (MAD scaled to a standard
    deviation), never below ``median + min_delta`` (a perfectly static video has MAD 0);
 4. a pair of frames above the threshold separates chunks; runs shorter than ``min_chunk_seconds`` (frames
@@ -47,11 +48,13 @@ class ChunkDetection:
 
 def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold: float = 12.0,
                              blob_fraction: float = 0.02) -> float:
-    """Mean absolute grey difference of two frames after masking small changed blobs (the pointer)."""
+    """Mean absolute grey difference of two frames over pixels that changed by more than ``pixel_threshold``,
+    after masking small changed blobs (the pointer)."""
     import cv2
 
     diff = cv2.absdiff(prev, cur)
     changed = (diff > pixel_threshold).view(np.uint8)
+    diff = diff * changed  # sub-threshold change (compression flicker at a new keyframe) is not change
     total = float(diff.sum(dtype=np.float64))
     n_changed = cv2.countNonZero(changed)
     if n_changed == 0 or n_changed > 0.5 * diff.size:  # nothing to mask / a cut or pan: masking moot

@@ -6,10 +6,12 @@ Quilt detected the pointer in every frame but never released how. pathkit's dete
   the scale a screen of this height shows, matched on grey frames with masked normalised
   cross-correlation (``cv2.TM_CCOEFF_NORMED`` over the pointer's own pixels only, so the background
   under the transparent corners does not matter);
+* **motion cue**: a pointer that appears or moves changes the pixels under it while the view stays still,
+  so the full-frame search keeps only candidates whose footprint covers changed pixels (which rejects
+  static look-alikes in the tissue, the failure mode of small, blurred pointers); with no change at all
+  the search is skipped (a strict, ungated search still runs every ``recheck`` frames and on cuts);
 * **tracking**: once found, the pointer is searched first with the same template in a window around its
-  last position (fast, and robust when the pointer crosses busy tissue), accepted at a lower score;
-* **motion cue**: when nothing is tracked and the frame did not change since the previous one, a pointer
-  cannot have appeared, so the full search is skipped (a full search still runs every ``recheck`` frames).
+  last position, accepted at a lower score when it stayed put (a dwell) or moved onto changed pixels.
 
 Output: one row per frame where a pointer is seen: ``{"t", "x", "y", "score", "shape"}`` with (x, y) the
 hotspot (arrow tip, fingertip) in pixels of the original frame. Frames without a pointer have no row.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathkit.video.cursor_shapes import SHAPES, CursorShape, cursor_scale_for
+from pathkit.video.cursor_shapes import SHAPES, CursorShape, cursor_scale_for, resized_shape
 
 
 @dataclass(frozen=True)
@@ -37,101 +39,135 @@ class CursorTemplate:
 
 
 def build_templates(frame_height: int, kinds: tuple[str, ...] = ("arrow", "hand"),
-                    scales: tuple[int, ...] | None = None) -> list[CursorTemplate]:
-    """Templates for each pointer kind at the expected scale for this frame height and its neighbours."""
+                    scales: tuple[float, ...] | None = None) -> list[CursorTemplate]:
+    """Templates for each pointer kind at the scale a screen of this height shows and its neighbours,
+    including the fractional scales of recordings downscaled from a larger screen (0.67, 0.75)."""
     if scales is None:
         base = cursor_scale_for(frame_height)
-        scales = tuple(sorted({max(1, base - 1), base, base + 1}))
+        scales = tuple(sorted({base * f for f in (0.67, 0.75, 1.0, 1.5, 2.0) if base * f >= 0.6}))
     out = []
     for kind in kinds:
         for s in scales:
-            shape = SHAPES[kind].scaled(s)
+            shape = resized_shape(SHAPES[kind], s)
             out.append(CursorTemplate(shape, shape.grey.astype(np.float32), shape.mask.astype(np.uint8)))
     return out
 
 
-def match_template(grey: np.ndarray, tpl: CursorTemplate, roi: tuple[int, int, int, int] | None = None
-                   ) -> tuple[float, int, int]:
-    """Best masked-correlation score and the hotspot (x, y) of ``tpl`` in ``grey`` (optionally in a roi
-    ``(x0, y0, x1, y1)`` of hotspot positions)."""
+def match_template(grey: np.ndarray, tpl: CursorTemplate, roi: tuple[int, int, int, int] | None = None,
+                   gate: np.ndarray | None = None) -> tuple[float, int, int]:
+    """Best masked-correlation score and the hotspot (x, y) of ``tpl`` in ``grey``.
+
+    ``roi`` ``(x0, y0, x1, y1)`` limits the hotspot positions searched; ``gate`` (a uint8 map of changed
+    pixels, frame-sized) keeps only positions where the template's footprint covers some change.
+    """
     import cv2
 
     h, w = tpl.grey.shape
     H, W = grey.shape
     hx, hy = tpl.shape.hotspot
     if roi is None:
-        ox, oy, img = 0, 0, grey
+        x0, y0, x1, y1 = 0, 0, W, H
     else:  # roi in hotspot coords -> template top-left window
         x0, y0 = max(0, roi[0] - hx), max(0, roi[1] - hy)
         x1, y1 = min(W, roi[2] - hx + w), min(H, roi[3] - hy + h)
-        ox, oy, img = x0, y0, grey[y0:y1, x0:x1]
+    img = grey[y0:y1, x0:x1]
     if img.shape[0] < h or img.shape[1] < w:
         return -1.0, 0, 0
     res = cv2.matchTemplate(img, tpl.grey, cv2.TM_CCOEFF_NORMED, mask=tpl.mask)
     res = np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    if gate is not None:
+        moved = cv2.boxFilter(gate[y0:y1, x0:x1].astype(np.float32), -1, (w, h), anchor=(0, 0), normalize=False,
+                              borderType=cv2.BORDER_CONSTANT)[: res.shape[0], : res.shape[1]]
+        res = np.where(moved >= 3, res, -1.0)
     _, best, _, loc = cv2.minMaxLoc(res)
-    return float(best), ox + loc[0] + hx, oy + loc[1] + hy
+    return float(best), x0 + loc[0] + hx, y0 + loc[1] + hy
 
 
 @dataclass
 class CursorTracker:
-    """Per-frame pointer detection with tracking; feed frames in time order with :meth:`update`."""
+    """Per-frame pointer detection with tracking; feed frames in time order with :meth:`update`.
+
+    Thresholds: ``detect_threshold`` where the frame changed around the candidate (a pointer that moved),
+    ``static_threshold`` for a search with no motion evidence (first frame, periodic re-check, cuts), and
+    ``track_threshold`` near the last position, where a candidate must either not have moved (a dwell) or
+    sit on changed pixels: a tracker must not jump onto a static look-alike in the tissue.
+    """
 
     templates: list[CursorTemplate]
-    detect_threshold: float = 0.8
+    detect_threshold: float = 0.72
+    static_threshold: float = 0.85
     track_threshold: float = 0.7
     search_radius: int = 48
     recheck: int = 10
     motion_threshold: float = 12.0
+    max_motion_fraction: float = 0.03  # above this the view itself changed (cut, pan): motion says nothing
 
     def __post_init__(self) -> None:
         self._last: tuple[int, int, CursorTemplate] | None = None
         self._prev: np.ndarray | None = None
         self._since_full = 0
 
-    def _changed(self, grey: np.ndarray) -> bool:
+    def _motion(self, grey: np.ndarray) -> np.ndarray | None:
+        """uint8 map of changed pixels, or None when there is no usable motion evidence."""
         import cv2
 
         if self._prev is None or self._prev.shape != grey.shape:
-            return True
-        return bool((cv2.absdiff(self._prev, grey) > self.motion_threshold).any())
+            return None
+        changed = (cv2.absdiff(self._prev, grey) > self.motion_threshold).view(np.uint8)
+        if changed.mean() > self.max_motion_fraction:
+            return None
+        return changed
 
     def update(self, grey_u8: np.ndarray) -> tuple[float, float, float, str] | None:
         """Detect in one grey uint8 frame; returns ``(x, y, score, shape_name)`` or None."""
         grey = grey_u8.astype(np.float32)
-        changed = self._changed(grey_u8)
+        first = self._prev is None
+        motion = self._motion(grey_u8)
         self._prev = grey_u8
         if self._last is not None:
             px, py, tpl = self._last
             r = self.search_radius
             score, x, y = match_template(grey, tpl, (px - r, py - r, px + r + 1, py + r + 1))
-            if score >= self.track_threshold:
-                self._last = (x, y, tpl)
-                return float(x), float(y), score, tpl.name
+            # across a cut or pan (no motion evidence) only a confident match keeps the track
+            needed = self.static_threshold if motion is None else self.track_threshold
+            if score >= needed:
+                still = abs(x - px) <= 1 and abs(y - py) <= 1
+                if still or motion is None or self._moved_here(motion, tpl, x, y):
+                    self._last = (x, y, tpl)
+                    return float(x), float(y), score, tpl.name
             self._last = None
         self._since_full += 1
-        if not changed and self._since_full < self.recheck:
-            return None  # nothing moved and nothing was there: a pointer cannot have appeared
+        has_motion = motion is not None and bool(motion.any())
+        if not (first or has_motion or motion is None or self._since_full >= self.recheck):
+            return None  # nothing changed and nothing was there: a pointer cannot have appeared
         self._since_full = 0
+        gate = motion if has_motion else None
+        threshold = self.detect_threshold if gate is not None else self.static_threshold
         best = (-1.0, 0, 0, None)
         for tpl in self.templates:
-            score, x, y = match_template(grey, tpl)
+            score, x, y = match_template(grey, tpl, gate=gate)
             if score > best[0]:
                 best = (score, x, y, tpl)
         score, x, y, tpl = best
-        if tpl is None or score < self.detect_threshold:
+        if tpl is None or score < threshold:
             return None
         self._last = (x, y, tpl)
         return float(x), float(y), score, tpl.name
 
+    @staticmethod
+    def _moved_here(motion: np.ndarray, tpl: CursorTemplate, x: int, y: int) -> bool:
+        h, w = tpl.grey.shape
+        x0, y0 = max(0, x - tpl.shape.hotspot[0]), max(0, y - tpl.shape.hotspot[1])
+        return int(motion[y0:y0 + h, x0:x0 + w].sum()) >= 3
+
 
 def track_cursor(path: str | Path, fps: float | None = None, kinds: tuple[str, ...] = ("arrow", "hand"),
-                 detect_threshold: float = 0.8, progress: bool = False) -> list[dict]:
+                 progress: bool = False) -> list[dict]:
     """Pointer rows ``{"t", "x", "y", "score", "shape"}`` for the frames of a video (all, or ~``fps``/s)."""
     from pathkit.video.decode import iter_frames, probe
 
     info = probe(path)
-    tracker = CursorTracker(build_templates(info.height, kinds), detect_threshold=detect_threshold)
+    tracker = CursorTracker(build_templates(info.height, kinds))
     rows = []
     frames = iter_frames(path, fps=fps, grey=True)
     if progress:

@@ -76,6 +76,22 @@ class CursorShape:
         return CursorShape(f"{self.name}@{scale}", grey, mask, (self.hotspot[0] * scale, self.hotspot[1] * scale))
 
 
+def resized_shape(shape: CursorShape, scale: float) -> CursorShape:
+    """The pointer as it looks in a recording rescaled by ``scale`` (e.g. 0.67 for a 1080p screen in a
+    720p video): area-averaged, so the outline blurs into the fill. Integer scales stay pixel-exact."""
+    if float(scale).is_integer():
+        return shape.scaled(int(scale))
+    import cv2
+
+    h, w = shape.grey.shape
+    size = (max(3, int(round(w * scale))), max(3, int(round(h * scale))))
+    m = cv2.resize(shape.mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    g = cv2.resize(shape.grey.astype(np.float32) * shape.mask, size, interpolation=cv2.INTER_AREA)
+    grey = np.clip(g / np.maximum(m, 1e-6), 0, 255).astype(np.uint8)
+    hx, hy = shape.hotspot
+    return CursorShape(f"{shape.name}@{scale:g}", grey, m > 0.5, (int(round(hx * scale)), int(round(hy * scale))))
+
+
 def _parse(art: str, name: str, hotspot: tuple[int, int]) -> CursorShape:
     rows = [r for r in art.strip("\n").splitlines()]
     width = max(len(r) for r in rows)
