@@ -227,15 +227,11 @@ def dilated_attention(
     scale = D**-0.5
     geoms = [BranchGeometry.of(N, H, w, r) for w, r in zip(segment_lengths, dilation_rates)]
 
-    # One zero-padded copy of q, k, v serves every branch whose segments need no per-segment padding: each
-    # reads a prefix of it. (No copy at all when nothing needs padding.)
-    length = max(g.flat_length for g in geoms)
-    heads = max(g.padded_heads for g in geoms)
-    qp, kp, vp = (_pad(x, length, heads) for x in (q, k, v))
-
     sparse_out, out_index, sparse_lse, lse_index = [], [], [], []
     for g in geoms:
-        qs, ks, vs = (_gather(x, g) for x in (qp, kp, vp))  # (B*segments, padded_heads, rows, D)
+        # Zero-pad per branch (no copy when the branch tiles the sequence exactly), so at most one padded
+        # copy is alive at a time in inference.
+        qs, ks, vs = (_gather(_pad(x, g.flat_length, g.padded_heads), g) for x in (q, k, v))
         flat, flat_rows_first, real = _branch_index(g, q.device)  # (segments, padded_heads, rows) each
         mask = None
         if mask_padding and not g.all_real:
