@@ -114,3 +114,15 @@ def test_cli_dedup_writes_output_and_report(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pathkit.cli", "curate", "dedup", str(tmp_path / "in.json"),
                           "--threshold", "1.5", "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
     assert bad.returncode == 2 and "--threshold" in bad.stderr
+
+
+@pytest.mark.slow  # imports sentence-transformers (the reference), tens of seconds on a busy machine
+def test_fast_embedder_matches_sentence_transformers():
+    from pathkit.curate.dedup import caption_embedder
+
+    texts = DISTINCT + list(PLANTED) + ["short", "a much longer caption about glands " * 30]
+    fast = caption_embedder()(texts)
+    reference = caption_embedder(backend="sentence-transformers")(texts)
+    assert fast.shape == (len(texts), 384)
+    np.testing.assert_allclose(fast, reference, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)

@@ -81,3 +81,15 @@ def test_bad_template_and_unknown_kind_errors_name_the_field(tmp_path):
         get_prompt("nope")
     with pytest.raises(PathkitError, match="placeholder"):
         get_prompt("wsi_bench").render({})
+
+
+def test_cli_lists_and_shows_prompts():
+    from typer.testing import CliRunner
+
+    from pathkit.cli import app
+
+    runner = CliRunner()
+    listing = runner.invoke(app, ["instruct", "prompts"])
+    assert listing.exit_code == 0 and all(k in listing.output for k in KINDS)
+    shown = runner.invoke(app, ["instruct", "prompts", "quilt_iterative_abduction"])
+    assert shown.exit_code == 0 and "[stage critic: reply shape verdict]" in shown.output

@@ -163,6 +163,7 @@ class LocalServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms Nagle/delayed-ACK stall
 
             def log_message(self, *args: Any) -> None:  # quiet: tests and notebooks read their own output
                 pass
