@@ -153,6 +153,19 @@ class Recipe:
                 return s
         raise ConfigError(f"Recipe[{self.name}]: no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
+    def table(self) -> list[dict[str, Any]]:
+        """One row per stage (what trains, on what, how fast): for notebooks and reports."""
+        rows = []
+        absent = {"text", "slide_encoder" if self.vision == "image" else "vision"}
+        for s in self.stages:
+            rows.append({"stage": s.name, "kind": s.kind, "data": f"{s.data.source}/{s.data.format}",
+                         "template": s.data.template or "(preset)", "trains": ", ".join(s.trainable_parts),
+                         "frozen": ", ".join(p for p in PARTS if not s.trainable.get(p) and p not in absent),
+                         "init_from": ", ".join(f"{k}<-{v}" for k, v in s.init_from.items()) or "-",
+                         "lr": s.lr, "projector_lr": s.projector_lr or s.lr, "epochs": s.epochs,
+                         "batch": f"{s.batch_size}x{s.grad_accum}"})
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "vision": self.vision, "config": dict(self.config), "notes": self.notes,
                 "stages": [s.to_dict() for s in self.stages]}
@@ -295,10 +308,17 @@ def wsi_llava(preset: str) -> Recipe:
     """WSI-LLaVA (§4.3): WSI-text contrastive alignment of the slide encoder, projector alignment, then
     instruction tuning (LoRA r128/alpha256, lr 2e-4, projector lr 2e-5, 3 epochs)."""
     p = preset
-    config = _by_preset(p, {"connector.type": "mlp2x_gelu", "llm.lora_r": 16, "llm.lora_alpha": 32,
-                            "llm.lora_dropout": 0.0},
-                        {"connector.type": "mlp2x_gelu", "llm.lora_r": 16, "llm.lora_alpha": 32},
-                        {"connector.type": "mlp2x_gelu", "connector.num_tokens": 576,
+    # WSI-LLaVA pools the LongNet tokens to 576 (adaptive average) before the mlp2x_gelu projector: "pool".
+    # tiny: a 2-layer LongNet over the tiny encoder's 64-d tile features, and 48 smaller slides (2048 px) so
+    # the held-out split has 12 slides (3 per diagnosis) instead of 2 of the preset's 8.
+    config = _by_preset(p, {"connector.type": "pool", "connector.num_tokens": 8, "llm.lora_r": 16,
+                            "llm.lora_alpha": 32, "llm.lora_dropout": 0.0,
+                            "synthetic.slide_count": 48, "synthetic.slide_size": 2048,
+                            "longnet.in_dim": 64, "longnet.dim": 64, "longnet.depth": 2, "longnet.heads": 4,
+                            "longnet.segment_lengths": [16, 64], "longnet.dilation_rates": [1, 2]},
+                        {"connector.type": "pool", "connector.num_tokens": 64, "llm.lora_r": 16,
+                         "llm.lora_alpha": 32, "wsi.encoder": "tiny-vit-b16"},
+                        {"connector.type": "pool", "connector.num_tokens": 576, "wsi.encoder": "gigapath",
                          "llm.name": "lmsys/vicuna-7b-v1.5", "llm.chat_template": "vicuna_v1",
                          "llm.lora_r": 128, "llm.lora_alpha": 256, "llm.lora_dropout": 0.05,
                          "llm.max_length": 2048})

@@ -1,0 +1,49 @@
+"""``pathkit train RECIPE --preset tiny|gpu|paper [--set key=value ...] --out DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train_command(
+    recipe: str = typer.Argument(..., help="quilt_llava, pa_llava, wsi_llava, huatuo_vision, or a recipe YAML file"),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), gpu (one GPU) or paper"),
+    set_: list[str] = typer.Option(None, "--set", help="override: a Config field (train.strategy=ddp, "
+                                   "llm.lora_r=8) or a stage field (<stage>.lr=1e-4, *.epochs=1)"),
+    out: Path = typer.Option(..., "--out", help="output folder: stages, checkpoints, logs, summary.json"),
+    data: Path = typer.Option(None, "--data", help="workdir with synthetic/ and wsi/ data (default: --out)"),
+    no_resume: bool = typer.Option(False, "--no-resume", help="start every stage from scratch"),
+    checkpoint_every: int = typer.Option(20, "--checkpoint-every", help="optimiser steps between last.ckpt"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Lightning progress bars"),
+) -> None:
+    """Train every stage of RECIPE in order, evaluate on the held-out split, write OUT/summary.json.
+
+    A restart with the same --out reuses finished stages and resumes an interrupted one from its last.ckpt.
+    """
+    import json
+
+    from pathkit.config import Config, parse_set
+    from pathkit.train.recipes import get_recipe
+    from pathkit.train.runner import run_recipe
+
+    changes = parse_set(set_)
+    cfg = Config.from_name(preset)
+    rec = get_recipe(recipe, preset)
+    stage_names = {s.name for s in rec.stages} | {"*"}
+    stage_changes = {k: v for k, v in changes.items() if k.split(".", 1)[0] in stage_names}
+    cfg_changes = {k: v for k, v in changes.items() if k not in stage_changes}
+    if cfg_changes:
+        cfg = cfg.override(cfg_changes)
+    if stage_changes:
+        rec = rec.override(stage_changes)
+    summary = run_recipe(rec, cfg, out, resume=not no_resume, data_dir=data, checkpoint_every=checkpoint_every,
+                         progress=progress)
+    keys = ("closed_accuracy", "yes_no_accuracy", "choice_accuracy", "open_recall", "train_seconds")
+    typer.echo(json.dumps({k: summary.get(k) for k in keys if k in summary}))
+    typer.echo(f"summary: {Path(out) / 'summary.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

@@ -1,0 +1,48 @@
+"""A recipe's contrastive stage (PA-LLaVA's pathology CLIP, WSI-LLaVA's WSI-text alignment) run through
+:func:`pathkit.train.contrastive.train_clip`, with the stage's data, learning rate, epochs and freeze policy.
+
+Output: ``stage_dir/model`` (``PathologyCLIP.save_pretrained``: ``image_encoder/`` that ``load_encoder`` reads, or
+``slide_encoder.pt`` for slides), which later VLM stages load through their ``init_from``; ``stage_dir/metrics.json``
+(retrieval R@1 and zero-shot accuracy before/after); ``stage_dir/stage_summary.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pathkit.io import read_jsonl, write_json
+from pathkit.train.recipes import Recipe, Stage
+
+
+def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, data_dir: Path, stage_dir: Path, resume: bool = True,
+                          progress: bool = False) -> dict[str, Any]:
+    from pathkit.train.contrastive import train_clip
+
+    source = stage.data.source
+    if source == "slides":
+        from pathkit.train.slide_data import slide_data_root
+
+        data_dir = slide_data_root(cfg, data_dir)
+        vision = "longnet" if stage.trainable.get("slide_encoder") else "mean"
+    else:
+        vision = "image"
+    freeze = [tower for tower, part in (("image", "vision" if source == "tiles" else "slide_encoder"),
+                                         ("text", "text")) if not stage.trainable.get(part, False)]
+    if stage.max_length:
+        cfg = cfg.override({"text_encoder.max_length": stage.max_length})
+    metrics = train_clip(cfg, stage_dir, source=source, data_dir=data_dir, vision=vision, epochs=stage.epochs,
+                         batch_size=stage.batch_size, lr=stage.lr, weight_decay=stage.weight_decay,
+                         warmup_ratio=stage.warmup_ratio, max_steps=stage.max_steps, freeze=freeze,
+                         seed=cfg.seed, progress=progress)
+    losses = read_jsonl(stage_dir / "losses.jsonl") if (stage_dir / "losses.jsonl").exists() else []
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    summary = {
+        "stage": stage.name, "kind": stage.kind, "trainable": stage.trainable_parts, "steps": metrics.get("steps"),
+        "first_train_loss": losses[0].get("loss") if losses else None,
+        "final_train_loss": metrics.get("final_loss"), "samples_per_s": metrics.get("samples_per_sec"),
+        "seconds": round(float(metrics.get("seconds", 0.0)), 2), "vision": vision,
+        "retrieval_before": before, "retrieval_after": after,
+    }
+    write_json(stage_dir / "stage_summary.json", summary)
+    return summary

@@ -1,0 +1,137 @@
+"""Collator padding + label mask, length-grouped DDP sharding, mid-epoch resume of the sampler, schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pathkit.io import PathkitError
+from pathkit.train.data import (
+    IGNORE_INDEX,
+    ConversationDataset,
+    LengthGroupedBatchSampler,
+    caption_records,
+    pad_collate,
+    read_llava_json,
+)
+from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from pathkit.models.llm import load_llm
+
+    return load_llm("tiny")[1]
+
+
+def _conv(q: str, a: str) -> list[dict[str, str]]:
+    return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
+def test_collator_pads_dynamically_and_masks_all_but_answers(tokenizer):
+    records = [{"id": "a", "conversations": _conv("Is this tumor?", "yes")},
+               {"id": "b", "conversations": _conv("Describe the tissue in detail please.",
+                                                  "Dense stroma with sparse elongated nuclei.")}]
+    ds = ConversationDataset(records, tokenizer, "vicuna_v1", max_length=256)
+    items = [ds[0], ds[1]]
+    batch = pad_collate(tokenizer.pad_token_id)(items)
+    lengths = [len(it["input_ids"]) for it in items]
+    assert batch["input_ids"].shape == (2, max(lengths))  # padded to the longest of THIS batch only
+    for i, it in enumerate(items):
+        n = lengths[i]
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (max(lengths) - n)
+        assert (batch["input_ids"][i, n:] == tokenizer.pad_token_id).all()
+        assert (batch["labels"][i, n:] == IGNORE_INDEX).all()
+        # the supervised tokens decode to exactly the answer (plus the template's end-of-answer token)
+        labels = batch["labels"][i, :n]
+        supervised = labels[labels != IGNORE_INDEX].tolist()
+        text = tokenizer.decode(supervised, skip_special_tokens=True).strip()
+        assert text == records[i]["conversations"][1]["value"]
+        # and nothing of the question is supervised
+        assert "tumor" not in tokenizer.decode(supervised) or i == 1
+
+
+def test_plain_template_supervises_only_the_caption(tokenizer):
+    recs = caption_records([{"id": "t", "image": "x.png", "caption": "Sheets of atypical cells."}], "captions")
+    assert recs[0]["conversations"][0]["value"].strip() == "<image>"
+    ds = ConversationDataset(recs, tokenizer, "plain", max_length=64, load_image=lambda p: torch.zeros(3, 8, 8))
+    item = ds[0]
+    assert item["image"].shape == (3, 8, 8)
+    sup = item["labels"][item["labels"] != IGNORE_INDEX].tolist()
+    assert tokenizer.decode(sup).strip() == "Sheets of atypical cells."
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert item["input_ids"].tolist().count(image_id) == 1
+
+
+def test_bad_records_name_the_record_and_field(tmp_path, tokenizer):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"id": "ok", "conversations": _conv("q", "a")}, {"id": "x", "image": "a.png"}]))
+    with pytest.raises(PathkitError, match=r"bad.json: record 1: missing field 'conversations'"):
+        read_llava_json(path)
+    ds = ConversationDataset([{"id": "r7", "conversations": [{"from": "robot", "value": "hi"}]}], tokenizer,
+                             "vicuna_v1", 64)
+    with pytest.raises(PathkitError, match=r"record r7: .*'from'"):
+        ds[0]
+
+
+def test_length_grouped_sampler_covers_everything_once_and_groups_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=203).tolist()
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, group=4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == math.ceil(203 / 8)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(203))
+    # padding waste is far below that of random batches
+    def waste(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+    random_batches = [list(range(203))[i:i + 8] for i in range(0, 203, 8)]
+    assert waste(batches) < 0.5 * waste(random_batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order every epoch
+
+
+def test_sampler_shards_ranks_disjointly_with_equal_counts():
+    lengths = list(range(100))
+    per_rank = [list(LengthGroupedBatchSampler(lengths, 4, seed=1, rank=r, world_size=3)) for r in range(3)]
+    counts = {len(b) for b in per_rank}
+    assert len(counts) == 1  # every rank takes the same number of steps (DDP would hang otherwise)
+    seen = [set(i for b in bs for i in b) for bs in per_rank]
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    assert all(len(b) == 4 for bs in per_rank for b in bs)
+
+
+def test_sampler_resumes_at_the_next_batch():
+    lengths = list(np.random.default_rng(1).integers(1, 50, size=64))
+    full = LengthGroupedBatchSampler(lengths, 4, seed=5)
+    full.set_epoch(2)
+    expected = list(full)
+    run = LengthGroupedBatchSampler(lengths, 4, seed=5)
+    run.set_epoch(2)
+    it = iter(run)
+    for _ in range(6):  # the trainer finished six batches, then the process died
+        next(it)
+        run.consumed += 1
+    state = run.state_dict()
+    assert state == {"epoch": 2, "consumed": 6}
+    fresh = LengthGroupedBatchSampler(lengths, 4, seed=5)
+    fresh.load_state_dict(state)
+    fresh.set_epoch(2)  # Lightning sets the epoch again on restart: must not lose the position
+    assert list(fresh) == expected[6:]
+    fresh.set_epoch(3)  # next epoch starts from its first batch
+    assert len(list(fresh)) == len(expected)
+
+
+def test_cosine_schedule_with_warmup():
+    total, warm = 100, warmup_steps_for(100, 0.03)
+    assert warm == 3
+    values = [cosine_with_warmup(s, total, warm, min_ratio=0.1) for s in range(total + 1)]
+    assert values[0] == pytest.approx(0.25) and values[2] == pytest.approx(0.75)
+    assert values[3] == pytest.approx(1.0)
+    assert values[-1] == pytest.approx(0.1)
+    assert values[50] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 47 / 97)))
+    assert all(a >= b for a, b in zip(values[3:], values[4:]))  # monotone after warm-up
