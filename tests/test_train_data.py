@@ -41,8 +41,7 @@ def test_collator_pads_dynamically_and_masks_all_but_answers(tokenizer):
     batch = pad_collate(tokenizer.pad_token_id)(items)
     lengths = [len(it["input_ids"]) for it in items]
     assert batch["input_ids"].shape == (2, max(lengths))  # padded to the longest of THIS batch only
-    for i, it in enumerate(items):
-        n = lengths[i]
+    for i, n in enumerate(lengths):
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (max(lengths) - n)
         assert (batch["input_ids"][i, n:] == tokenizer.pad_token_id).all()
         assert (batch["labels"][i, n:] == IGNORE_INDEX).all()
