@@ -10,6 +10,8 @@ settings (16 heads of 48 = width 768, w = [1024, 5792, 32768, 185363, 1048576], 
   LSEs), written below with plain torch ops. It calls the same LSE-returning attention kernel as pathkit, so the
   comparison isolates the data movement (torchscale itself needs flash-attn, which pathkit never does).
 - ``dense``: ``torch.nn.functional.scaled_dot_product_attention`` over the whole sequence (quadratic).
+- ``kernels`` (default on CUDA): only the per-branch attention kernels on inputs gathered beforehand, the time
+  no implementation of these semantics on these kernels can beat; ``kernel_time_fraction`` = kernels / pathkit.
 
 The attention FLOP floor: per branch (w, r) and head, N/r queries each see min(w, N)/r keys, and attention costs
 2 matmuls of 2 FLOPs per multiply-add: ``4 * N * min(w, N) * Dh / r**2`` per head per branch, summed over heads
@@ -43,7 +45,13 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pathkit.models.longnet import attention_with_lse, dilated_attention  # noqa: E402
+from pathkit.models.longnet import (  # noqa: E402
+    BranchGeometry,
+    _gather,
+    _pad,
+    attention_with_lse,
+    dilated_attention,
+)
 
 GIGAPATH_SEGMENTS = (1024, 5792, 32768, 185363, 1048576)
 GIGAPATH_DILATIONS = (1, 2, 4, 8, 16)
@@ -172,11 +180,39 @@ class CpuPeakMemory:
         return self.peak - self.start
 
 
+def kernels_only(q, k, v, segments, dilations):
+    """Only the attention kernels of every branch, on inputs gathered beforehand (outside the timing when
+    measured): the time no implementation of these semantics on these kernels can beat."""
+    D = q.shape[-1]
+    outs = []
+    for qs, ks, vs in _gathered_cache(q, k, v, tuple(segments), tuple(dilations)):
+        outs.append(attention_with_lse(qs, ks, vs, D**-0.5)[0])
+    return outs
+
+
+_GATHERED: dict = {}
+
+
+def _gathered_cache(q, k, v, segments, dilations):
+    key = (id(q), id(k), id(v), segments, dilations)
+    if key not in _GATHERED:
+        _GATHERED.clear()
+        B, N, H, D = q.shape
+        geoms = [BranchGeometry.of(N, H, w, r) for w, r in zip(segments, dilations)]
+        with torch.no_grad():
+            _GATHERED[key] = [
+                tuple(_gather(_pad(x, g.flat_length, g.padded_heads), g).contiguous().requires_grad_(x.requires_grad)
+                      for x in (q, k, v))
+                for g in geoms]
+    return _GATHERED[key]
+
+
 METHODS = {
     "pathkit": lambda q, k, v, s, d: dilated_attention(q, k, v, s, d),
     "torchscale": torchscale_style_attention,
     "dense": lambda q, k, v, s, d: F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2),
+    "kernels": kernels_only,
 }
 
 
@@ -192,16 +228,23 @@ def measure(method: str, n: int, mode: str, args) -> dict:
                    for _ in range(3))
         grad = torch.randn(1, n, heads, dh, generator=gen).to(device, dtype) if mode == "fwd+bwd" else None
 
+        if method == "kernels":
+            _gathered_cache(q, k, v, tuple(args.segments), tuple(args.dilations))  # gather outside the timing
+
         def step():
             if mode == "fwd":
                 with torch.no_grad():
                     return fn(q, k, v, args.segments, args.dilations)
             out = fn(q, k, v, args.segments, args.dilations)
-            out.backward(grad)
+            if isinstance(out, list):  # kernels only: backward through each branch's kernel
+                torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+            else:
+                out.backward(grad)
             q.grad = k.grad = v.grad = None
             return out
 
-        step()  # warm-up (kernel selection, allocator)
+        if device.type == "cuda" or n <= 4096:
+            step()  # warm-up (kernel selection, allocator); a long CPU point is its own warm-up
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -227,6 +270,7 @@ def measure(method: str, n: int, mode: str, args) -> dict:
         row.update(oom=True, error=str(err).splitlines()[0][:200])
     finally:
         q = k = v = grad = None  # noqa: F841
+        _GATHERED.clear()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -269,7 +313,8 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dim", type=int, default=48)
     parser.add_argument("--segments", type=int, nargs="+", default=list(GIGAPATH_SEGMENTS))
     parser.add_argument("--dilations", type=int, nargs="+", default=list(GIGAPATH_DILATIONS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=tuple(METHODS))
+    parser.add_argument("--methods", nargs="+", default=None, choices=tuple(METHODS),
+                        help="default: pathkit torchscale dense (+ kernels on CUDA)")
     parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=("fwd", "fwd+bwd"))
     parser.add_argument("--dense-max", type=int, default=None,
                         help="longest length for dense SDPA (default 8192 on CPU, 100000 on CUDA)")
@@ -289,7 +334,9 @@ def main(argv=None) -> int:
     args.lengths = args.lengths or ([1024, 2048, 4096, 8192, 16384, 30000, 65536, 100000] if cuda
                                     else [1024, 2048, 4096, 8192, 16384])
     args.dense_max = args.dense_max or (100000 if cuda else 8192)
-    args.repeats = args.repeats or (10 if cuda else 2)
+    args.repeats = args.repeats or (10 if cuda else 1)
+    args.methods = args.methods or (["pathkit", "torchscale", "dense", "kernels"] if cuda
+                                    else ["pathkit", "torchscale", "dense"])
     if args.threads:
         torch.set_num_threads(args.threads)
     if len(args.segments) != len(args.dilations):
@@ -355,6 +402,9 @@ def summarise(rows, machine) -> dict:
              "torchscale_bytes_per_token": {n: ts[n]["peak_bytes"] / n for n in ts},
              "pathkit_floor_tflops": {n: pk[n]["floor_tflops_per_s"] for n in pk},
              "dense_sdpa_best_tflops": dense_best}
+        kern = {r["n"]: r for r in rs if r["method"] == "kernels"}
+        if kern:
+            m["kernel_time_fraction"] = {n: kern[n]["seconds"] / pk[n]["seconds"] for n in pk if n in kern}
         if dense_best:
             m["pathkit_fraction_of_dense_sdpa_throughput"] = {n: pk[n]["floor_tflops_per_s"] / dense_best for n in pk}
         if peak:
@@ -372,7 +422,7 @@ def plot(rows, machine, path: Path) -> None:
     ok = [r for r in rows if "seconds" in r]
     modes = sorted({r["mode"] for r in ok}, key=lambda m: m != "fwd")
     fig, axes = plt.subplots(2, max(2, len(modes)), figsize=(6 * max(2, len(modes)), 8.5), squeeze=False)
-    colors = {"pathkit": "tab:blue", "torchscale": "tab:orange", "dense": "tab:gray"}
+    colors = {"pathkit": "tab:blue", "torchscale": "tab:orange", "dense": "tab:gray", "kernels": "tab:green"}
     for j, mode in enumerate(modes):
         for method in METHODS:
             rs = sorted((r for r in ok if r["mode"] == mode and r["method"] == method), key=lambda r: r["n"])
