@@ -32,7 +32,8 @@ from pathkit.instruct.rule_based import MODEL_NAME as RULE_BASED
 from pathkit.instruct.rule_based import REASK_PREFIX, RuleBasedChat
 from pathkit.io import FailureLog, PathkitError, iter_jsonl, write_json
 
-__all__ = ["InputItem", "RuleBasedGenerator", "generate_file", "generate_records", "make_chat", "read_items"]
+__all__ = ["InputItem", "RuleBasedGenerator", "generate_file", "generate_records", "generation_settings", "make_chat",
+           "read_items"]
 
 IMAGE_TOKEN = "<image>"
 
@@ -226,10 +227,17 @@ def make_chat(model: str = RULE_BASED, base_url: str | None = None, concurrency:
     """``rule-based`` -> :class:`RuleBasedChat` (offline); anything else -> :class:`ChatClient`."""
     if model == RULE_BASED:
         return RuleBasedChat(templates)
-    if not base_url:
-        raise PathkitError(f"model {model!r} needs --base-url (an OpenAI-compatible endpoint)")
+    # base_url None: the openai client's default ($OPENAI_BASE_URL, else https://api.openai.com/v1)
     return ChatClient(base_url, model, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout,
                       cache_dir=cache_dir, **kwargs)
+
+
+def generation_settings(instruct_cfg: Any) -> dict[str, Any]:
+    """Keyword arguments for :func:`generate_file` from a :class:`pathkit.config.InstructConfig`."""
+    c = instruct_cfg
+    params = {} if c.model == RULE_BASED else {"temperature": c.temperature, "max_tokens": c.max_tokens}
+    return {"model": c.model, "base_url": c.base_url, "concurrency": c.concurrency, "max_attempts": c.max_attempts,
+            "timeout": c.timeout, "params": params}
 
 
 class RuleBasedGenerator:
