@@ -87,12 +87,22 @@ def normalize_batch(tiles: torch.Tensor, mean, std, dtype: torch.dtype = torch.f
     return (tiles.to(dtype) / 255.0 - mean_t) / std_t
 
 
-def worker_init(_worker_id: int) -> None:
-    """DataLoader worker init: one thread per worker for numpy/OpenCV (the workers are the parallelism)."""
-    try:
-        import cv2
+def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 0, pin_memory: bool = False):
+    """A DataLoader whose workers start from a clean ``forkserver`` process (never a fork of a threaded parent).
 
-        cv2.setNumThreads(1)
-    except Exception:
-        pass
-    torch.set_num_threads(1)
+    Forking a parent that runs other threads (progress bars, thread pools, BLAS/OpenMP, glib inside openslide)
+    can deadlock a child that then takes a lock one of those threads held; the forkserver is a fresh
+    single-threaded process with pathkit's reader preloaded, so workers still start in milliseconds.
+    """
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    kwargs = {}
+    if workers > 0:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["pathkit.wsi.dataset", "pathkit.wsi.slide", "pathkit.wsi.tiling"])
+        # (torch already sets one intra-op thread per worker; calling cv2.setNumThreads or torch.set_num_threads
+        # in a *forked* worker can hang on the parent's thread-pool locks, so pathkit does neither.)
+        kwargs = dict(multiprocessing_context=ctx, prefetch_factor=4, persistent_workers=False)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, **kwargs)

@@ -87,6 +87,7 @@ def tile_slide(slide_path: str | Path, out_dir: str | Path, mpp: float = 0.5, si
             "height": slide.dimensions[1], "vendor": slide.vendor,
         }
     out = out_dir / f"{slide_path.stem}.h5"
+    _remove_stale_temps(out_dir, slide_path.stem)
     write_features(out, grid.coords, attrs)
     if figure:
         from pathkit.viz.slide_figures import tile_grid_figure
@@ -95,6 +96,12 @@ def tile_slide(slide_path: str | Path, out_dir: str | Path, mpp: float = 0.5, si
                          mask=grid.mask.mask, out_path=out_dir / f"{slide_path.stem}.png",
                          title=f"{slide_path.name}: {len(grid.coords)} tiles of {size} px at {mpp} mpp")
     return out, len(grid.coords)
+
+
+def _remove_stale_temps(out_dir: Path, stem: str) -> None:
+    """Temporary files a killed earlier run left for this slide (``atomic_path`` names them ``.<stem>.*.tmp*``)."""
+    for stale in out_dir.glob(f".{stem}.*.tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def _check_readable(slide, plan: TilePlan, coords: np.ndarray) -> None:
@@ -172,9 +179,8 @@ def encode_slide(coords_file: str | Path, model, preprocess, device: str = "cpu"
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Features (N, D) float32 of the tiles listed in a coords file; returns (coords, features, attrs)."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from pathkit.wsi.dataset import SlideTileDataset, normalize_batch, worker_init
+    from pathkit.wsi.dataset import SlideTileDataset, make_loader, normalize_batch
 
     coords, _, attrs = read_features(coords_file)
     for key in ("slide_path", "read_size", "slide_mpp", "downsample", "stride_level0"):
@@ -189,9 +195,7 @@ def encode_slide(coords_file: str | Path, model, preprocess, device: str = "cpu"
     if len(dataset):
         _ = dataset.slide  # open in the main process first: a bad slide fails here with its one-line error
     cuda = device.startswith("cuda")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=cuda,
-                        worker_init_fn=worker_init if workers else None,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, pin_memory=cuda)
     mean = torch.as_tensor(preprocess.mean.ravel())
     std = torch.as_tensor(preprocess.std.ravel())
     dim = int(getattr(model, "dim", 0)) or None
@@ -264,6 +268,7 @@ def extract_features(source: str | Path | list, encoder: str | Path, out_dir: st
                                                    batch_size=batch_size, workers=workers,
                                                    slide_mpp=slide_mpp, summary=summary)
             attrs = dict(attrs, encoder=encoder_name, feature_dim=int(features.shape[1]))
+            _remove_stale_temps(out_dir, coords_file.stem)
             write_features(out_dir / coords_file.name, coords, attrs, features=features)
         except Exception as err:
             failures.add(str(coords_file), err)
