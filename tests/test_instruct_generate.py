@@ -168,3 +168,16 @@ def test_cli_bad_input_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pathkit.cli", "instruct", "generate", str(tmp_path / "missing.jsonl"),
                            "--prompt", "nope", "--out", str(tmp_path / "o.json")], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown prompt kind 'nope'" in proc.stderr
+
+
+def test_second_run_on_the_same_journal_is_refused(tmp_path):
+    from pathkit.instruct.client import _lock_journal, run_journaled
+
+    journal = tmp_path / "j.jsonl"
+    held = _lock_journal(journal)
+    try:
+        with pytest.raises(PathkitError, match="another run is writing this journal"):
+            run_journaled([("a", 1)], lambda p: {"x": p}, journal, progress=False)
+    finally:
+        held.close()
+    assert run_journaled([("a", 1)], lambda p: {"x": p}, journal, progress=False)["a"]["x"] == 1

@@ -342,11 +342,33 @@ def run_journaled(items: Iterable[tuple[str, Any]], work: Callable[[Any], dict[s
     ``{"id", "status": "failed", "reason"}``, flushed and fsynced, by this thread only, so rows never
     interleave. A restart skips ids whose last row is ``ok`` (and ``failed`` ones unless ``retry_failed``).
     ``header`` is written first in a new journal and must match on resume (same prompt, model, input), else
-    a PathkitError says which field differs.
+    a PathkitError says which field differs. A second run on the same journal fails at once (a file lock).
     """
+    journal_path = Path(journal_path)
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_journal(journal_path)  # two runs on one journal would do items twice
+    try:
+        return _run_journaled_locked(items, work, journal_path, concurrency, header, retry_failed, progress, desc,
+                                     on_row)
+    finally:
+        lock.close()  # also released by the kernel when a run is killed
+
+
+def _lock_journal(journal_path: Path):
+    import fcntl
+
+    fh = open(journal_path.with_name(journal_path.name + ".lock"), "a")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        fh.close()
+        raise PathkitError(f"{journal_path}: another run is writing this journal (lock held)") from err
+    return fh
+
+
+def _run_journaled_locked(items, work, journal_path, concurrency, header, retry_failed, progress, desc, on_row):
     from tqdm.auto import tqdm
 
-    journal_path = Path(journal_path)
     old_header, done = read_journal(journal_path)
     if header is not None and old_header is not None:
         for key in sorted(set(header) | set(old_header)):
