@@ -84,3 +84,16 @@ def test_override_stage_fields():
         recipe.override({"instruct.lrr": 1})
     with pytest.raises(ConfigError, match="expected <stage>.<field>"):
         recipe.override({"nostage.lr": 1})
+
+
+def test_train_command_help_and_bad_input():
+    from typer.testing import CliRunner
+
+    from pathkit.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "--preset" in result.output and "--set" in result.output
+    result = runner.invoke(app, ["train", "no_such_recipe", "--out", "/tmp/pathkit_never_written"])
+    assert result.exit_code != 0
+    assert "recipe 'no_such_recipe': must be one of" in str(result.exception)

@@ -257,7 +257,7 @@ def quilt_llava(preset: str) -> Recipe:
     instruct = Stage(
         name="instruct", data=DataSpec(source="tiles", format="instruct"),
         trainable=PROJECTOR_LLM,
-        lr=_by_preset(p, 2e-3, 2e-5, 2e-5), epochs=_by_preset(p, 5, 3, 1),
+        lr=_by_preset(p, 5e-3, 2e-5, 2e-5), epochs=_by_preset(p, 8, 3, 1),
         batch_size=_by_preset(p, 16, 16, 16), grad_accum=1,
         notes="finetune.sh: batch 16/GPU, global 128 (4 A100 x 2 accumulation in LLaVA), lr 2e-5, 1 epoch; "
               "the released weights suggest 3 epochs (issue #13)")
@@ -295,8 +295,8 @@ def pa_llava(preset: str) -> Recipe:
     vqa = Stage(
         name="vqa_tuning", data=DataSpec(source="tiles", format="instruct"),
         trainable=PROJECTOR_LORA,
-        lr=_by_preset(p, 3e-3, 2e-4, 2e-4), projector_lr=_by_preset(p, 1.5e-3, 1e-4, 1e-4),
-        min_lr=_by_preset(p, 1e-5, 1e-6, 1e-6), epochs=_by_preset(p, 5, 3, 12),
+        lr=_by_preset(p, 5e-3, 2e-4, 2e-4), projector_lr=_by_preset(p, 2.5e-3, 1e-4, 1e-4),
+        min_lr=_by_preset(p, 1e-5, 1e-6, 1e-6), epochs=_by_preset(p, 8, 3, 12),
         batch_size=_by_preset(p, 16, 16, 6), grad_accum=_by_preset(p, 1, 2, 4),
         notes="pallava_instruction_tuning.py: 6/GPU x 4 accumulation x 16 GPUs = 384, 12 epochs, lr 2e-4 "
               "(projector x0.5 = 1e-4), cosine to 1e-6")
