@@ -4,6 +4,7 @@ against sentence-transformers, save/load round trips, bad input, and training th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -200,6 +201,28 @@ def _synthetic_slides(tmp_path, n_per_class=6, dim=8, seed=0):
             records.append({"features": str(path), "diagnosis": diag,
                             "report": f"Slide {i}. The diagnosis is {diag}."})
     return records
+
+
+def test_slide_report_records_pair_features_with_truth_reports(tmp_path):
+    from pathkit.train.contrastive import slide_report_records
+
+    records = _synthetic_slides(tmp_path / "feats", n_per_class=1)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for rec in records:
+        stem = Path(rec["features"]).stem
+        (slides / f"{stem}.truth.json").write_text(json.dumps({"report": rec["report"],
+                                                               "diagnosis": rec["diagnosis"]}))
+    paired = slide_report_records(tmp_path / "feats", slides)
+    assert [(r["report"], r["diagnosis"]) for r in paired] == [(r["report"], r["diagnosis"]) for r in records]
+    item = SlideReportDataset(paired)[0]
+    assert item["features"].shape[1] == 8 and item["coords"].shape[1] == 2
+    (slides / "1_0.truth.json").write_text(json.dumps({"diagnosis": "lymphoma"}))
+    with pytest.raises(PathkitError, match=r"1_0.truth.json: missing field 'report'"):
+        slide_report_records(tmp_path / "feats", slides)
+    (slides / "1_0.truth.json").unlink()
+    with pytest.raises(PathkitError, match=r"1_0.truth.json: no truth file for 1_0.h5"):
+        slide_report_records(tmp_path / "feats", slides)
 
 
 def test_contrastive_training_learns_slide_reports_quickly(tmp_path):

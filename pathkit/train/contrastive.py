@@ -107,7 +107,7 @@ class SlideReportDataset(Dataset):
     """Slide-report pairs: items ``{"features" (N, D), "coords" (N, 2), "text", "label"}``.
 
     ``records``: dicts with ``features`` (an HDF5 feature file, DESIGN.md contract), ``report`` and
-    ``diagnosis`` (as :func:`pathkit.wsi.pipeline.ensure_wsi_features` returns them).
+    ``diagnosis`` (as :func:`pathkit.wsi.pipeline.ensure_wsi_features` or :func:`slide_report_records` return them).
     """
 
     def __init__(self, records: list[dict[str, Any]]):
@@ -132,6 +132,29 @@ class SlideReportDataset(Dataset):
             self._cache[index] = (torch.from_numpy(feats), torch.from_numpy(coords).float())
         feats, coords = self._cache[index]
         return {"features": feats, "coords": coords, "text": rec["report"], "label": rec["diagnosis"]}
+
+
+def slide_report_records(feature_dir: str | Path, slide_dir: str | Path) -> list[dict[str, Any]]:
+    """Pair every ``feature_dir/<stem>.h5`` with ``slide_dir/<stem>.truth.json`` (its ``report`` and
+    ``diagnosis``) -> records for :class:`SlideReportDataset`. A missing or incomplete truth file is a one-line
+    PathkitError naming it."""
+    from pathkit.io import read_json
+
+    feature_dir, slide_dir = Path(feature_dir), Path(slide_dir)
+    records = []
+    for h5 in sorted(feature_dir.glob("*.h5")):
+        truth = slide_dir / f"{h5.stem}.truth.json"
+        if not truth.is_file():
+            raise PathkitError(f"{truth}: no truth file for {h5.name} (needed for its report)")
+        data = read_json(truth)
+        for key in ("report", "diagnosis"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise PathkitError(f"{truth}: missing field {key!r}")
+        records.append({"features": str(h5), "report": data["report"], "diagnosis": data["diagnosis"],
+                        "truth": str(truth)})
+    if not records:
+        raise PathkitError(f"{feature_dir}: no .h5 feature files")
+    return records
 
 
 def collate_slides(items: list[dict[str, Any]]) -> dict[str, Any]:
