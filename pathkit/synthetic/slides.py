@@ -463,3 +463,31 @@ def ensure_slide_set(root: str | Path, cfg, seed: int = 0) -> list[SlideTruth]:
                                   fmt=fmt, diagnosis=diagnosis))
     write_jsonl(manifest, [{"slide": t.slide, "diagnosis": t.diagnosis, "settings": settings} for t in truths])
     return truths
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def tile_labels(truth: SlideTruth, coords: np.ndarray, footprint: int) -> np.ndarray:
+    """Ground-truth majority class index (0 = background, i + 1 = CLASSES[i]) of each level-0 tile box."""
+    labels, ds = truth.label_map(), truth.labels_downsample
+    out = np.zeros(len(coords), np.int64)
+    for i, (x, y) in enumerate(np.asarray(coords)):
+        box = labels[int(y) // ds:int(math.ceil((y + footprint) / ds)), int(x) // ds:int(math.ceil((x + footprint) / ds))]
+        counts = np.bincount(box.ravel(), minlength=7)
+        counts[0] = 0 if counts[1:].any() else counts[0]
+        out[i] = int(counts.argmax())
+    return out
+
+
+def tissue_mask_iou(truth: SlideTruth, thumbnail_size: int = 1024) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of pathkit's tissue mask against the ground truth: (iou, mask, truth mask, thumbnail)."""
+    from pathkit.wsi.slide import Slide
+    from pathkit.wsi.tissue import tissue_mask
+
+    with Slide(truth.slide, slide_mpp=truth.mpp) as slide:
+        thumb, scale = slide.thumbnail(thumbnail_size)
+    mask = tissue_mask(thumb, scale).mask
+    gt = label_field(truth.regions, 0, 0, mask.shape[1], mask.shape[0], scale) > 0
+    union = (mask | gt).sum()
+    return (float((mask & gt).sum() / union) if union else 1.0), mask, gt, thumb
