@@ -352,3 +352,32 @@ def test_prov_gigapath_geometry_defaults():
     lengths = np.power(2, np.linspace(np.log2(1024), int(np.log2((262144 // 256) ** 2)), 5)).astype(int)
     assert tuple(int(x) for x in lengths) == cfg.segment_lengths
     assert math.prod(cfg.dilation_rates) == 1024
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cuda_kernels_match_reference(dtype):
+    q, k, v = _qkv(2, 301, 16, 48, dtype=torch.float64)
+    segments, dilations = (64, 128, 1024, 185363), (1, 2, 4, 8)
+    ref = dilated_attention_reference(q, k, v, segments, dilations)
+    qc, kc, vc = (x.to("cuda", dtype).requires_grad_() for x in (q, k, v))
+    out = dilated_attention(qc, kc, vc, segments, dilations)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert (out.double().cpu() - ref).abs().max().item() <= tol
+    out.float().pow(2).sum().backward()
+    assert all(torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0 for x in (qc, kc, vc))
+    ts = _bench().torchscale_style_attention
+    with torch.no_grad():
+        assert (ts(qc, kc, vc, segments, dilations).float() - out.float()).abs().max().item() <= tol
+
+
+@pytest.mark.gpu
+def test_cuda_encoder_bf16_autocast_matches_fp32():
+    enc = LongNetEncoder(TINY).cuda().eval()
+    feats, coords = _slide(n=40)
+    feats, coords = feats.cuda(), coords.cuda()
+    with torch.no_grad():
+        full = enc.slide_embedding(feats, coords)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = enc.slide_embedding(feats, coords)
+    assert (full - half.float()).abs().max().item() < 0.1
