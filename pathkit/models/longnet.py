@@ -229,9 +229,7 @@ def dilated_attention(
 
     sparse_out, out_index, sparse_lse, lse_index = [], [], [], []
     for g in geoms:
-        # Zero-pad per branch (no copy when the branch tiles the sequence exactly), so at most one padded
-        # copy is alive at a time in inference.
-        qs, ks, vs = (_gather(_pad(x, g.flat_length, g.padded_heads), g) for x in (q, k, v))
+        qs, ks, vs = (_gather_branch(x, g) for x in (q, k, v))  # (B*segments, padded_heads, rows, D)
         flat, flat_rows_first, real = _branch_index(g, q.device)  # (segments, padded_heads, rows) each
         mask = None
         if mask_padding and not g.all_real:
@@ -283,6 +281,39 @@ def _branch_index(g: BranchGeometry, device: torch.device) -> tuple[torch.Tensor
         head = torch.arange(g.padded_heads, device=device).view(1, -1, 1)
         flat = torch.where(real & (head < g.heads), position * g.heads + head, g.n * g.heads)
         return flat, flat.transpose(1, 2).reshape(-1), real
+
+
+def _gather_branch(x: torch.Tensor, g: BranchGeometry) -> torch.Tensor:
+    """(B, N, H, D) -> the branch's gathered rows (B*segments, padded_heads, rows, D), zeros where padded.
+
+    Dilated branches (r > 1) whose heads split evenly are gathered straight into a zero buffer, so the
+    sequence is never copied whole just to add a few padding tokens; otherwise (r == 1, uneven heads, several
+    segments with w % r != 0) the sequence is zero-padded first (no copy when it needs no padding).
+    """
+    if g.r > 1 and g.heads % g.r == 0 and g.simple and g.flat_length != g.n:
+        return _gather_into_zeros(x, g)
+    return _gather(_pad(x, g.flat_length, g.padded_heads), g)
+
+
+def _gather_into_zeros(x: torch.Tensor, g: BranchGeometry) -> torch.Tensor:
+    """Strided-view gather of the real tokens into a zero buffer: whole segments, then the whole rows of the
+    last segment, then the last partial row (fewer than r tokens, one per head group)."""
+    B, N, _, D = x.shape
+    r, hg, rows = g.r, g.group_heads, g.rows
+    buf = x.new_zeros(B, g.segments, r, hg, rows, D)  # (B, S, group, head, row, D)
+    full = N // g.w if g.w % r == 0 else 0  # segments with no padding at all
+    if full:
+        src = x[:, : full * g.w].reshape(B, full, rows, r, r, hg, D).diagonal(dim1=3, dim2=4)
+        buf[:, :full] = src.permute(0, 1, 5, 3, 2, 4)  # (B, full, r, hg, rows, D)
+    start = full * g.w
+    m, t = (N - start) // r, (N - start) % r  # whole rows and leftover tokens of the partial segment
+    if m:
+        src = x[:, start : start + m * r].reshape(B, m, r, r, hg, D).diagonal(dim1=2, dim2=3)
+        buf[:, full, :, :, :m] = src.permute(0, 4, 2, 1, 3)  # (B, r, hg, m, D)
+    if t:
+        tail = x[:, start + m * r : N].reshape(B, t, r, hg, D)[:, :, :t]  # token i belongs to group i
+        buf[:, full, :t, :, m] = tail.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)  # (B, t, hg, D)
+    return buf.view(B * g.segments, g.padded_heads, rows, D)
 
 
 def _gather(x: torch.Tensor, g: BranchGeometry) -> torch.Tensor:
