@@ -26,12 +26,14 @@ Two implementations live here:
 - :func:`dilated_attention_reference`: explicit loops over branches, segments and heads, written from the
   spec above. Slow; it is the test oracle.
 - :func:`dilated_attention`: the fast path. Each branch's dilated sub-sequences are gathered into contiguous
-  memory with strided views (pad, ``view``, ``diagonal``: no index tensors, no ``diag_embed``), folded into the
-  batch dimension, and run through one fused attention kernel that also returns the LSE
+  memory with strided views (``view`` + ``diagonal``, no index tensors, no ``diag_embed``; an r = 1 branch is a
+  pure view; dilated branches copy only their 1/r share, straight into a zero buffer when padding is needed),
+  folded into the batch dimension, and run through one fused attention kernel that also returns the LSE
   (PyTorch's flash kernels behind ``scaled_dot_product_attention``, on CPU and GPU; flash-attn is never
-  needed). Outputs are scattered back with ``index_add`` into ONE accumulator, so memory stays linear in the
-  sequence length and no r-times-larger intermediate is built. If a fused kernel is unavailable it falls back
-  to the public ``scaled_dot_product_attention`` plus a chunked log-sum-exp pass (memory ``O(chunk * w/r)``).
+  needed). Outputs are scattered back with ``index_add_`` (cached indices) into ONE accumulator, so memory
+  stays linear in the sequence length and no per-branch dense intermediate is built. If a fused kernel is
+  unavailable it falls back to the public ``scaled_dot_product_attention`` plus a chunked log-sum-exp pass
+  (memory ``O(chunk * w/r)``).
 
 Then the encoder: :class:`LongNetEncoder` is Prov-GigaPath's ``LongNetViT`` slide encoder (tile features
 ``in_dim -> dim``, fixed 2-D sin-cos positions from tile coordinates on the 256-px grid, a CLS token, pre-LN
