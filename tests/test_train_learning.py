@@ -53,7 +53,7 @@ def test_pa_llava_clip_then_lora_learns(tmp_path, data_dir):
     clip = summary["stages"]["clip"]
     before, after = clip["retrieval_before"], clip["retrieval_after"]
     # 6 classes: zero-shot chance 0.17; R@1 chance 1/n over the held-out tiles
-    assert after["zero_shot_accuracy"] >= max(0.6, before["zero_shot_accuracy"] + 0.3), (before, after)
+    assert after["zero_shot_accuracy"] >= max(0.5, before["zero_shot_accuracy"] + 0.25), (before, after)
     assert after["mean_r1"] >= 5 * after["retrieval_chance_r1"], (before, after)
     assert after["mean_r1"] > 2 * before["mean_r1"], (before, after)
     assert summary["stages"]["vqa_tuning"]["trainable"] == ["connector", "lora"]

@@ -63,6 +63,28 @@ def caption_records(rows: Sequence[dict[str, Any]], fmt: str, text_key: str = "c
     return records
 
 
+def closed_question_records(rows: Sequence[dict[str, Any]], per_image: int, seed: int = 0
+                            ) -> list[dict[str, Any]]:
+    """Single-turn closed questions about labelled images, from the synthetic data's own question generator.
+
+    For each row (``image``, ``label``, ``attributes``) ``per_image`` questions alternate a yes/no question about the
+    true class or another one (balanced) and a lettered choice with freshly drawn options."""
+    from pathkit.synthetic.text import choice_question, questions_for
+
+    out = []
+    for i, row in enumerate(rows):
+        rng = np.random.default_rng([seed, 7, i])
+        for k in range(per_image):
+            if k % 2 == 0:
+                q = questions_for(row["label"], row.get("attributes", {}), rng, yes=(k // 2 + i) % 2 == 0)[0]
+            else:
+                q = choice_question(row["label"], rng)
+            out.append({"id": f"{row.get('id', i)}_closed_{k}", "image": row["image"], "label": row["label"],
+                        "kind": "closed", "conversations": [{"from": "human", "value": f"<image>\n{q['text']}"},
+                                                            {"from": "gpt", "value": q["answer"]}]})
+    return out
+
+
 def read_llava_json(path: str | Path, root: str | Path | None = None) -> list[dict[str, Any]]:
     """LLaVA JSON records with ``image`` paths made absolute (relative to ``root`` or the file's folder)."""
     path = Path(path)

@@ -68,6 +68,9 @@ def stage_records(stage: Stage, cfg: Config, data_dir: Path) -> list[dict[str, A
         ds = ensure_tiles(cfg, data_dir)
         if spec.format == "instruct":
             records = D.read_llava_json(ds.paths[f"{spec.split}_llava"], root=ds.root)
+            if spec.extra_closed:
+                rows = D.read_metadata(ds.paths["metadata"], spec.split)
+                records += D.closed_question_records(rows, spec.extra_closed, seed=cfg.seed)
         else:
             records = D.caption_records(D.read_metadata(ds.paths["metadata"], spec.split), spec.format)
     else:
