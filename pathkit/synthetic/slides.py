@@ -203,7 +203,11 @@ class _Painter:
         """The level-0 pixels of the box (x0, y0, w, h): (h, w, 3) uint8."""
         from pathkit.synthetic.tissue import CLASSES
 
-        labels = label_field(self.regions, x0, y0, w, h)
+        if self.fast:  # labels on a 4 px lattice, repeated: 16x fewer trig evaluations, 4 px staircase rims
+            coarse = label_field(self.regions, x0, y0, -(-w // 4), -(-h // 4), 4)
+            labels = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[:h, :w]
+        else:
+            labels = label_field(self.regions, x0, y0, w, h)
         img = np.empty((h, w, 3), np.uint8)
         img[:] = BACKGROUND_RGB
         if not labels.any():
@@ -222,7 +226,10 @@ class _Painter:
             else:
                 texture = self._render(reg, h, w, np.random.default_rng([self.seed, x0, y0, i]))
             mask = labels == value
-            img[mask] = texture[mask]
+            if mask.all():
+                img[:] = texture
+            else:
+                img[mask] = texture[mask]
         return img
 
 
