@@ -47,8 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from pathkit.models.longnet import (  # noqa: E402
     BranchGeometry,
-    _gather,
-    _pad,
+    _gather_branch,
     attention_with_lse,
     dilated_attention,
 )
@@ -201,7 +200,7 @@ def _gathered_cache(q, k, v, segments, dilations):
         geoms = [BranchGeometry.of(N, H, w, r) for w, r in zip(segments, dilations)]
         with torch.no_grad():
             _GATHERED[key] = [
-                tuple(_gather(_pad(x, g.flat_length, g.padded_heads), g).contiguous().requires_grad_(x.requires_grad)
+                tuple(_gather_branch(x, g).contiguous().requires_grad_(x.requires_grad)
                       for x in (q, k, v))
                 for g in geoms]
     return _GATHERED[key]
