@@ -1,0 +1,309 @@
+"""Instruction-data throughput: generation against the loopback server, and caption deduplication at scale.
+
+1. Generation (``pathkit.instruct.generate`` + ``ChatClient`` + the real ``openai`` client) against the local
+   OpenAI-compatible server with a fixed per-request latency (default 50 ms, a stand-in for a model), at
+   concurrency 1, 8, 32: items/s beside the ideal ``concurrency / latency``.
+2. Deduplication of N synthetic captions (default 20,000; ``--captions 100000`` for the full run) with planted
+   exact and near copies: the whole ``dedup_captions`` (exact pass + MiniLM embeddings + blocked similarity
+   search) against its baseline, embedding alone on the same captions; plus the blocked search alone. Peak
+   memory (RSS above the level after loading the model) is compared with N x 384 float32.
+
+Writes ``figures/instruct.json`` and ``figures/instruct.png``. ``--device cuda`` embeds on a GPU.
+
+    .venv/bin/python benchmarks/bench_instruct.py                      # a few minutes on 2 cores
+    .venv/bin/python benchmarks/bench_instruct.py --captions 100000    # the full dedup run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+FIGURES = REPO / "figures"
+
+
+# ------------------------------------------------------------------------------------------ generation
+def bench_generation(n_items: int, latency: float, levels: list[int]) -> dict:
+    from pathkit.instruct.client import ChatClient
+    from pathkit.instruct.generate import generate_records, row_to_item
+    from pathkit.instruct.local_server import serve
+    from pathkit.instruct.prompts import get_prompt
+
+    template = get_prompt("quilt_detailed_description")
+    items = [row_to_item({"id": f"i{i}", "caption": f"Sheets of atypical cells with necrosis, case {i}.",
+                          "facts": {"diagnosis": "adenocarcinoma"}}, i, Path("."), "bench") for i in range(n_items)]
+    results = []
+    with serve(latency=latency) as server, tempfile.TemporaryDirectory() as tmp:
+        for conc in levels:
+            client = ChatClient(server.base_url, "bench", concurrency=conc, cache_dir=None, timeout=30)
+            server.reset_counts()
+            t0 = time.perf_counter()
+            rows = generate_records(items, template, client, Path(tmp) / f"journal_{conc}.jsonl",
+                                    concurrency=conc, progress=False)
+            seconds = time.perf_counter() - t0
+            ok = sum(r["status"] == "ok" for r in rows.values())
+            rate = ok / seconds
+            ideal = conc / latency
+            results.append({"concurrency": conc, "items": ok, "requests": server.request_count,
+                            "seconds": round(seconds, 3), "items_per_s": round(rate, 2),
+                            "ideal_items_per_s": round(ideal, 2), "efficiency": round(rate / ideal, 3)})
+            print(f"generation c={conc:3d}: {rate:7.1f} items/s (ideal {ideal:.0f}, {rate / ideal:.0%})", flush=True)
+    with serve(latency=0.0) as server, tempfile.TemporaryDirectory() as tmp:  # the CPU ceiling of this machine
+        client = ChatClient(server.base_url, "bench", concurrency=8, cache_dir=None, timeout=30)
+        t0 = time.perf_counter()
+        generate_records(items, template, client, Path(tmp) / "journal.jsonl", concurrency=8, progress=False)
+        ceiling = n_items / (time.perf_counter() - t0)
+    print(f"generation ceiling (server answers at once, c=8): {ceiling:.1f} items/s", flush=True)
+    base = results[0]["items_per_s"]
+    for r in results:
+        r["speedup_vs_c1"] = round(r["items_per_s"] / base, 2)
+    return {"latency_s": latency, "prompt": template.kind, "levels": results,
+            "ceiling_items_per_s_zero_latency_c8": round(ceiling, 1)}
+
+
+# ------------------------------------------------------------------------------------------ dedup
+OPENERS = ("Here we see", "This field shows", "Note the", "The section contains", "Observe", "There is",
+           "At high power,", "In this biopsy,", "On the left,", "Centrally,")
+ADJ = ("atypical", "pleomorphic", "hyperchromatic", "crowded", "small", "large", "spindle", "round", "enlarged",
+       "vacuolated", "eosinophilic", "basophilic", "clear", "necrotic", "reactive", "dysplastic")
+NOUNS = ("epithelial cells", "glands", "lymphocytes", "fibroblasts", "nuclei", "plasma cells", "macrophages",
+         "tumour cells", "hepatocytes", "keratinocytes", "adipocytes", "vessels", "crypts", "follicles", "ducts")
+FINDINGS = ("mitoses", "necrosis", "haemorrhage", "fibrosis", "mucin", "keratin pearls", "calcification",
+            "granulomas", "apoptotic bodies", "desmoplasia", "inflammation", "oedema", "hyalinisation")
+PLACES = ("stroma", "mucosa", "submucosa", "dermis", "capsule", "margin", "lamina propria", "periphery",
+          "centre of the lesion", "lymph node", "serosa", "perineural space")
+GRADES = ("grade 1", "grade 2", "grade 3", "well differentiated", "moderately differentiated",
+          "poorly differentiated", "benign", "malignant", "in situ", "invasive")
+
+
+def synthetic_captions(n: int, seed: int = 0, exact_frac: float = 0.05, near_frac: float = 0.05
+                       ) -> tuple[list[str], dict[int, int]]:
+    """n pathology-like captions, mostly distinct, with planted exact/near copies: (texts, {copy: original})."""
+    rng = random.Random(seed)
+    n_planted = int(n * (exact_frac + near_frac))
+    base = []
+    for _ in range(n - n_planted):
+        base.append(f"{rng.choice(OPENERS)} {rng.choice(ADJ)} {rng.choice(NOUNS)} with {rng.choice(FINDINGS)} "
+                    f"and {rng.choice(ADJ)} {rng.choice(NOUNS)} in the {rng.choice(PLACES)}; "
+                    f"{rng.choice(GRADES)}, {rng.randint(1, 40)} per high-power field, "
+                    f"{rng.choice(FINDINGS)} near the {rng.choice(PLACES)}.")
+    texts = list(base)
+    planted = {}
+    for k in range(n_planted):
+        j = rng.randrange(len(base))
+        src = base[j]
+        copy = src.upper().replace(";", ",") if k < n * exact_frac else "As you can see, " + src
+        planted[len(texts)] = j
+        texts.append(copy)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    pos = {old: new for new, old in enumerate(order)}
+    shuffled = [texts[i] for i in order]
+    return shuffled, {pos[c]: pos[o] for c, o in planted.items()}
+
+
+class PeakRSS:
+    """Sample this process's RSS every 20 ms; ``peak`` in bytes."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.peak = self.proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def bench_dedup(n: int, threshold: float, block: int, device: str, embed_sample: int) -> dict:
+    import torch
+
+    from pathkit.curate.dedup import caption_embedder, dedup_captions
+
+    texts, planted = synthetic_captions(n)
+    t0 = time.perf_counter()
+    embed = caption_embedder(device=device, batch_size=128)
+    embed(["warm-up caption about glands"])
+    load_s = time.perf_counter() - t0
+
+    # baseline: embedding alone, on a random sample (the embedding rate is per caption)
+    sample = random.Random(1).sample(texts, min(embed_sample, n))
+    t0 = time.perf_counter()
+    embed(sample)
+    embed_rate = len(sample) / (time.perf_counter() - t0)
+    print(f"dedup: embedding alone {embed_rate:.1f} captions/s ({len(sample)} captions)", flush=True)
+
+    # the whole pipeline (exact pass + embeddings + blocked search), peak memory above the post-load level
+    embed_seconds = [0.0]
+
+    def timed_embed(batch):  # the embedding share of the whole run, measured inside it (robust to load swings)
+        t = time.perf_counter()
+        out = embed(batch)
+        embed_seconds[0] += time.perf_counter() - t
+        return out
+
+    with PeakRSS() as mem:
+        rss_before = mem.peak
+        t0 = time.perf_counter()
+        keep, report = dedup_captions(texts, threshold=threshold, block_size=block, embed=timed_embed)
+        full_s = time.perf_counter() - t0
+    removed = {r["index"] for r in report}
+    found = sum(c in removed or o in removed for c, o in planted.items()) / max(1, len(planted))
+    print(f"dedup N={n}: whole dedup {n / full_s:.1f} captions/s ({n / full_s / embed_rate:.0%} of the embedding "
+          f"rate); {len(report)} removed, planted pairs found {found:.3f}; peak +{(mem.peak - rss_before) / 2**20:.0f} "
+          f"MiB (N x 384 float32 = {n * 384 * 4 / 2**20:.0f} MiB); embedding took {embed_seconds[0] / full_s:.1%} of "
+          "the run", flush=True)
+    return {"captions": n, "threshold": threshold, "block_size": block, "device": device,
+            "torch_threads": torch.get_num_threads(), "model_load_s": round(load_s, 2),
+            "embed_only": {"captions": len(sample), "captions_per_s": round(embed_rate, 1)},
+            "dedup": {"seconds": round(full_s, 2), "captions_per_s": round(n / full_s, 1),
+                      "fraction_of_embedding_rate": round(n / full_s / embed_rate, 3),
+                      "embedding_seconds_inside": round(embed_seconds[0], 2),
+                      "embedding_share_of_time": round(embed_seconds[0] / full_s, 4),
+                      "removed": len(report), "removed_exact": sum(r["reason"] == "exact" for r in report),
+                      "removed_near": sum(r["reason"] == "near" for r in report), "planted_pairs": len(planted),
+                      "planted_pairs_found": round(found, 4),
+                      "peak_rss_above_start_mib": round((mem.peak - rss_before) / 2**20, 1)},
+            "embeddings_mib": round(n * 384 * 4 / 2**20, 1)}
+
+
+def bench_search(n: int, threshold: float, block: int, seed: int = 0) -> dict:
+    """The blocked similarity search alone on N random unit vectors with 5% planted near copies.
+
+    Random vectors are nearly all distinct, the worst case for the search (every item stays a key).
+    """
+    from pathkit.curate.dedup import near_duplicates
+
+    rng = np.random.default_rng(seed)
+    n_copies = n // 20
+    with PeakRSS() as mem:
+        rss0 = mem.peak
+        emb = rng.standard_normal((n, 384), dtype=np.float32)  # (N, 384)
+        src = rng.integers(0, n - n_copies, n_copies)
+        emb[n - n_copies:] = emb[src] + 0.1 * rng.standard_normal((n_copies, 384), dtype=np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        dups = near_duplicates(emb, threshold, block)
+        seconds = time.perf_counter() - t0
+    found = sum(i in dups for i in range(n - n_copies, n)) / n_copies
+    print(f"search N={n}: {n / seconds:.0f} captions/s, {seconds:.1f} s, planted found {found:.3f}, "
+          f"peak +{(mem.peak - rss0) / 2**20:.0f} MiB (N x 384 float32 = {n * 384 * 4 / 2**20:.0f} MiB; "
+          f"an N x N float32 matrix would be {n * n * 4 / 2**30:.1f} GiB)", flush=True)
+    return {"vectors": n, "seconds": round(seconds, 2), "captions_per_s": round(n / seconds, 1),
+            "planted": n_copies, "planted_found": round(found, 4), "block_size": block,
+            "peak_rss_above_start_mib": round((mem.peak - rss0) / 2**20, 1),
+            "embeddings_mib": round(n * 384 * 4 / 2**20, 1), "full_matrix_gib": round(n * n * 4 / 2**30, 1)}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if "generation" in result:
+        g = result["generation"]["levels"]
+        c = [r["concurrency"] for r in g]
+        axes[0].plot(c, [r["items_per_s"] for r in g], "o-", label="measured")
+        axes[0].plot(c, [r["ideal_items_per_s"] for r in g], "k--", label="ideal: concurrency / latency")
+        axes[0].axhline(result["generation"]["ceiling_items_per_s_zero_latency_c8"], color="tab:red", ls=":",
+                        label="CPU ceiling (0 ms server, c=8)")
+        axes[0].set_xscale("log", base=2)
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("concurrency")
+        axes[0].set_ylabel("items / s")
+        axes[0].set_title(f"Generation vs loopback server ({result['generation']['latency_s'] * 1000:.0f} ms/request)")
+        axes[0].legend()
+    if "dedup" in result or "search" in result:
+        names, rates, colors = [], [], []
+        if "dedup" in result:
+            d = result["dedup"]
+            names += ["embedding alone\n(baseline)", f"whole dedup\nN={d['captions']:,}"]
+            rates += [d["embed_only"]["captions_per_s"], d["dedup"]["captions_per_s"]]
+            colors += ["grey", "tab:blue"]
+        if "search" in result:
+            sr = result["search"]
+            names.append(f"blocked search alone\nN={sr['vectors']:,}")
+            rates.append(sr["captions_per_s"])
+            colors.append("tab:orange")
+        axes[1].bar(names, rates, color=colors)
+        axes[1].set_ylabel("captions / s")
+        axes[1].set_yscale("log")
+        mem = []
+        if "dedup" in result:
+            mem.append(f"dedup peak +{result['dedup']['dedup']['peak_rss_above_start_mib']:.0f} MiB")
+        if "search" in result:
+            mem.append(f"search peak +{result['search']['peak_rss_above_start_mib']:.0f} MiB "
+                       f"(N x 384: {result['search']['embeddings_mib']:.0f} MiB)")
+        axes[1].set_title(f"Deduplication on {result['machine']['cpu_count']} CPUs\n" + "; ".join(mem), fontsize=9)
+        for i, r in enumerate(rates):
+            axes[1].text(i, r, f"{r:,.0f}", ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=320, help="generation items per concurrency level")
+    parser.add_argument("--latency", type=float, default=0.05, help="server seconds per request")
+    parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
+    parser.add_argument("--captions", type=int, default=5000, help="captions through the whole dedup (embedding-bound)")
+    parser.add_argument("--embed-sample", type=int, default=1000, help="captions for the embedding-alone baseline")
+    parser.add_argument("--search-n", type=int, default=100000, help="vectors for the blocked search alone")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--block", type=int, default=2048)
+    parser.add_argument("--device", default="cpu", help="embedding device (cpu or cuda)")
+    parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--skip-dedup", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--out", default=str(FIGURES / "instruct.json"))
+    args = parser.parse_args(argv)
+    import torch
+
+    result: dict = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                                "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                                "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+                                "load_average_at_start": list(os.getloadavg())}}
+    if not args.skip_generation:
+        result["generation"] = bench_generation(args.items, args.latency, [int(x) for x in args.levels.split(",")])
+    if not args.skip_dedup:
+        result["dedup"] = bench_dedup(args.captions, args.threshold, args.block, args.device, args.embed_sample)
+    if not args.skip_search:
+        result["search"] = bench_search(args.search_n, args.threshold, args.block)
+    result["machine"]["load_average_at_end"] = list(os.getloadavg())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
