@@ -123,6 +123,7 @@ def test_dataloader_with_two_workers_returns_direct_reads(batch, tmp_path):
         assert np.array_equal(tiles.permute(0, 2, 3, 1).numpy(), np.stack(direct)), name
 
 
+@pytest.mark.slow  # three CLI subprocesses (torch import each): ~40 s idle, minutes on a loaded 2-core box
 def test_resume_after_killed_run(tmp_path):
     """Kill `pathkit extract` mid-batch; the rerun keeps finished files and completes the rest."""
     slides = [write_slide(tmp_path / f"s{i}.tiff", 2048, 2048, mpp=0.5, seed=30 + i).slide for i in range(4)]
