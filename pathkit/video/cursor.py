@@ -143,9 +143,16 @@ class CursorTracker:
         self._since_full = 0
         gate = motion if has_motion else None
         threshold = self.detect_threshold if gate is not None else self.static_threshold
+        roi = None
+        if gate is not None:  # candidates must overlap the change: search only around it (same result)
+            import cv2
+
+            bx, by, bw, bh = cv2.boundingRect(gate)
+            pad = max(max(t.grey.shape) for t in self.templates)
+            roi = (bx - pad, by - pad, bx + bw + pad, by + bh + pad)
         best = (-1.0, 0, 0, None)
         for tpl in self.templates:
-            score, x, y = match_template(grey, tpl, gate=gate)
+            score, x, y = match_template(grey, tpl, roi=roi, gate=gate)
             if score > best[0]:
                 best = (score, x, y, tpl)
         score, x, y, tpl = best
