@@ -4,7 +4,7 @@ tissue-mask IoU against ground truth, and feature-extraction throughput.
     .venv/bin/python benchmarks/bench_wsi.py                      # small default (a few minutes on 2 CPUs)
     .venv/bin/python benchmarks/bench_wsi.py --giant               # + peak RSS while tiling 100,000 x 100,000
     .venv/bin/python benchmarks/bench_wsi.py --device cuda --encoder vit-b16-random --slides 8 --size 16384 \
-        --batch-size 256 --workers 8 8                             # end to end on a GPU (ViT-B/16, bf16)
+        --batch-size 256 --feature-workers 8 --skip throughput iou --tag gpu   # end to end on a GPU (ViT-B/16, bf16)
 
 Writes figures/bench_wsi.json and figures/bench_wsi.png (with --tag, figures/bench_wsi_<tag>.*).
 """
