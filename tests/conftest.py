@@ -38,3 +38,18 @@ def repo() -> Path:
 def session_dir(tmp_path_factory) -> Path:
     """A folder shared by the whole test session (e.g. notebooks reuse earlier notebooks' outputs)."""
     return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny-model tests on one torch thread.
+
+    Tiny models do thousands of small ops; on a shared 2-core machine two OpenMP threads per op spin and were
+    measured 15-30x slower than one. Opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

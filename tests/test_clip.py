@@ -33,15 +33,7 @@ from pathkit.train.contrastive import (
     slide_class_prompts,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run thousands of tiny ops; on a shared, oversubscribed 2-core machine two OpenMP threads
-    per op make them ~15x slower (measured), one thread does not."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -11,14 +11,7 @@ from pathkit.io import PathkitError
 from pathkit.models.conversation import IGNORE_INDEX, tokenize_conversation
 from pathkit.models.vlm import PARTS, VisionLanguageModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are faster on one thread; two threads on a shared, busy 2-core machine spin (30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**overrides) -> Config:
