@@ -31,17 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def match_count(det: list[tuple[float, float]], truth: list[tuple[float, float]], tol: float) -> int:
-    """One-to-one matches where both ends are within ``tol`` seconds."""
-    used, hits = set(), 0
-    for s, e in truth:
-        for j, (ds, de) in enumerate(det):
-            if j not in used and abs(ds - s) <= tol and abs(de - e) <= tol:
-                used.add(j)
-                hits += 1
-                break
-    return hits
+from pathkit.video.scoring import box_iou, matched_chunks
 
 
 def f1(hits: int, n_det: int, n_true: int) -> tuple[float, float, float]:
@@ -52,14 +42,6 @@ def f1(hits: int, n_det: int, n_true: int) -> tuple[float, float, float]:
 
 def gaps(chunks: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(chunks[i][1], chunks[i + 1][0]) for i in range(len(chunks) - 1)]
-
-
-def iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def run_scenedetect(path: Path, detector_name: str) -> tuple[list[tuple[float, float]], float]:
@@ -115,9 +97,9 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
                 results[m] = run_scenedetect(truth.path, m)
             for m, (chunks, secs) in results.items():
                 t = totals[m]
-                t["hits"] += match_count(chunks, true_chunks, args.tol)
+                t["hits"] += matched_chunks(chunks, true_chunks, args.tol)
                 t["det"] += len(chunks)
-                t["gap_hits"] += match_count(gaps(chunks), gaps(true_chunks), args.tol)
+                t["gap_hits"] += matched_chunks(gaps(chunks), gaps(true_chunks), args.tol)
                 t["gap_det"] += len(chunks) - 1 if chunks else 0
                 t["seconds"] += secs
                 row[m] = [[round(a, 2), round(b, 2)] for a, b in chunks]
@@ -142,7 +124,7 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
             for r in nar:
                 for g in r["groundings"]:
                     if round(g["start"], 2) in truth_box:
-                        ious.append(iou(g["box"], truth_box[round(g["start"], 2)]))
+                        ious.append(box_iou(g["box"], truth_box[round(g["start"], 2)]))
             per_video.append(row)
             print(f"[{name}] {truth.path.name}: true {len(true_chunks)} chunks; pathkit {len(row['pathkit'])}, "
                   f"adaptive {len(row['adaptive'])}, content {len(row['content'])}; pointer rows {len(rows)}", flush=True)

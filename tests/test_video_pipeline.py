@@ -22,6 +22,7 @@ from pathkit.video.chunks import (
 from pathkit.video.cursor import track_cursor
 from pathkit.video.decode import iter_frames, probe
 from pathkit.video.narratives import build_narratives, read_narratives
+from pathkit.video.scoring import box_iou, matched_chunks
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +32,12 @@ def lectures(tmp_path_factory):
             for s, bg in ((0, "synthetic"), (1, "ihc"), (3, "synthetic"))]  # seed 3: hand pointer
 
 
-def _match(det, truth, tol):
-    """Both ends of every true chunk matched by a detected chunk within tol seconds (one-to-one)."""
-    used, hits = set(), 0
-    for s, e in truth:
-        for j, (ds, de) in enumerate(det):
-            if j not in used and abs(ds - s) <= tol and abs(de - e) <= tol:
-                used.add(j)
-                hits += 1
-                break
-    return hits
-
-
 def test_chunk_boundaries_within_half_a_second(lectures):
     for lec in lectures:
         det = stable_chunks(lec.path, VideoConfig())
         got = [(c.start, c.end) for c in det.chunks]
         assert len(got) == len(lec.chunks), (lec.path.name, got, lec.chunks)
-        assert _match(got, lec.chunks, 0.5) == len(lec.chunks), (got, lec.chunks)
+        assert matched_chunks(got, lec.chunks, 0.5) == len(lec.chunks), (got, lec.chunks)
 
 
 def test_moving_pointer_does_not_split_a_chunk():
@@ -148,17 +137,10 @@ def test_narratives_contract_and_grounding(lectures, tmp_path):
     assert n_grounded >= 2
     # grounded boxes overlap the truth box of the same utterance
     truth = {(str(lec.path), round(u.start, 2)): u.box for lec in lectures[:2] for u in lec.utterances if u.box}
-    hits = [_iou(g["box"], truth[r["video"], round(g["start"], 2)]) > 0.1 for r in rows for g in r["groundings"]
+    hits = [box_iou(g["box"], truth[r["video"], round(g["start"], 2)]) > 0.1 for r in rows for g in r["groundings"]
             if (r["video"], round(g["start"], 2)) in truth]
     print("grounding hits", hits)
     assert hits and np.mean(hits) >= 0.7
-
-
-def _iou(a, b):
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_batch_continues_past_bad_videos_and_resumes(lectures, tmp_path):
@@ -226,7 +208,7 @@ def test_cli_chunks_cursor_narratives(lectures, tmp_path):
                        text=True)
     assert r.returncode == 0, r.stderr
     chunks = json.loads((tmp_path / "c.json").read_text())
-    assert _match([(c["start"], c["end"]) for c in chunks], lec.chunks, 0.5) == len(lec.chunks)
+    assert matched_chunks([(c["start"], c["end"]) for c in chunks], lec.chunks, 0.5) == len(lec.chunks)
     r = subprocess.run(exe + ["cursor", str(lec.path), "--out", str(tmp_path / "c.jsonl")], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
