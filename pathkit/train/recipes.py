@@ -266,7 +266,7 @@ def quilt_llava(preset: str) -> Recipe:
     instruct = Stage(
         name="instruct", data=DataSpec(source="tiles", format="instruct"),
         trainable=PROJECTOR_LLM,
-        lr=_by_preset(p, 5e-3, 2e-5, 2e-5), epochs=_by_preset(p, 8, 3, 1),
+        lr=_by_preset(p, 5e-3, 2e-5, 2e-5), epochs=_by_preset(p, 40, 3, 1),
         batch_size=_by_preset(p, 16, 16, 16), grad_accum=1,
         notes="finetune.sh: batch 16/GPU, global 128 (4 A100 x 2 accumulation in LLaVA), lr 2e-5, 1 epoch; "
               "the released weights suggest 3 epochs (issue #13)")
