@@ -398,7 +398,7 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = 
     out_dir = Path(out_dir)
     data_dir = Path(data_dir) if data_dir is not None else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe.to_yaml(out_dir / "recipe.yaml")
+    _claim_run_dir(out_dir, recipe, cfg, resume)
     summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {}}
     t_start = time.perf_counter()
     model = None
@@ -465,6 +465,25 @@ def _cpu_threads(cfg: Config) -> None:
         torch.set_num_threads(int(threads))
     elif cfg.preset == "tiny" and not torch.cuda.is_available():
         torch.set_num_threads(1)
+
+
+def _claim_run_dir(out_dir: Path, recipe: Recipe, cfg: Config, resume: bool) -> None:
+    """Record the recipe and config a run folder holds; refuse to resume a folder made with other settings.
+
+    Finished stages are reused by name, so reusing them under a changed recipe or config would silently mix
+    two experiments. ``resume=False`` retrains every stage and takes the folder over.
+    """
+    from pathkit.io import atomic_write_text
+
+    recipe_text, config_text = recipe.to_yaml(), cfg.to_yaml()
+    recipe_path, config_path = out_dir / "recipe.yaml", out_dir / "config.yaml"
+    if resume:
+        for path, text in ((recipe_path, recipe_text), (config_path, config_text)):
+            if path.exists() and path.read_text() != text:
+                raise PathkitError(f"{path}: this run folder was made with a different {path.stem}; "
+                                   "use a new --out, or resume=False to retrain it")
+    atomic_write_text(recipe_path, recipe_text)
+    atomic_write_text(config_path, config_text)
 
 
 def _is_rank_zero() -> bool:
