@@ -41,7 +41,7 @@ def test_sigkill_at_random_points_then_restart_gives_each_input_exactly_once(tmp
     env = {**os.environ, "OPENAI_API_KEY": "sk-resume-test", "PATHKIT_CACHE": str(tmp_path / "cache")}
     rng = random.Random(1234)
     kills, mid_run_kills = 0, 0
-    with serve(latency=0.03) as server:
+    with serve(latency=0.05) as server:
         # a flaky server too: faults keep arriving while the run is being killed
         server.faults.add("rate_limit", times=3, retry_after=0.05).add("drop", times=3).add("server_error", times=3)
         cmd = [sys.executable, "-m", "pathkit.cli", "instruct", "generate", str(src), "--prompt",
@@ -56,7 +56,7 @@ def test_sigkill_at_random_points_then_restart_gives_each_input_exactly_once(tmp
                 while proc.poll() is None and len(_journal_rows(journal)) < target and time.time() < deadline:
                     time.sleep(0.003)
             else:  # kill at a random instant (start-up, mid-request, mid-journal-write, final write)
-                time.sleep(rng.uniform(0.0, 3.0))
+                time.sleep(rng.uniform(0.0, 1.5))
             if proc.poll() is not None:
                 break  # it finished before we could kill it
             proc.send_signal(signal.SIGKILL)
@@ -72,5 +72,7 @@ def test_sigkill_at_random_points_then_restart_gives_each_input_exactly_once(tmp
     assert ids == expected_ids(src)  # in input order
     ok_rows = Counter(r["id"] for r in _journal_rows(journal) if r.get("status") == "ok")
     assert max(ok_rows.values()) == 1 and len(ok_rows) == N_ITEMS  # no item was ever finished twice
-    assert kills >= N_KILLS - 2 and mid_run_kills >= 3, (kills, mid_run_kills)
+    # how many kills land before the run completes depends on the machine's speed; the exactly-once checks
+    # above are what matter, this only proves the run really was interrupted many times
+    assert kills >= N_KILLS // 2 and mid_run_kills >= 3, (kills, mid_run_kills)
     print(f"{kills} SIGKILLs ({mid_run_kills} mid-run), {N_ITEMS} inputs, each written exactly once")
