@@ -42,6 +42,26 @@ def _resolve_type(tp: Any) -> Any:
     return tp
 
 
+def check_known_fields(cls: type, data: dict[str, Any]) -> None:
+    """Raise a ConfigError naming the unknown keys of ``data`` for dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+
+
+def dump_yaml(data: dict[str, Any], path: str | Path | None = None) -> str:
+    """YAML text of ``data`` in field order; also written atomically to ``path`` when given."""
+    import yaml
+
+    text = yaml.safe_dump(data, sort_keys=False)
+    if path is not None:
+        from pathkit.io import atomic_write_text
+
+        atomic_write_text(path, text)
+    return text
+
+
 class ConfigBase:
     """Mixin: dict/YAML round trip, dotted overrides, validation helpers."""
 
@@ -89,10 +109,7 @@ class ConfigBase:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data)
         return cls(**data)
 
     def replace(self, **changes):
@@ -405,14 +422,7 @@ class Config(ConfigBase):
         return Config.from_dict(data)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            from pathkit.io import atomic_write_text
-
-            atomic_write_text(path, text)
-        return text
+        return dump_yaml(self.to_dict(), path)
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> Config:

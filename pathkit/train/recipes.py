@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pathkit.config import ConfigError
+from pathkit.config import ConfigError, check_known_fields, dump_yaml
 
 KINDS = ("contrastive", "vlm")
 PARTS = ("vision", "connector", "llm", "lora", "slide_encoder", "text")
@@ -176,21 +176,11 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"Recipe: unknown field(s) {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data)
         return cls(**data)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            from pathkit.io import atomic_write_text
-
-            atomic_write_text(path, text)
-        return text
+        return dump_yaml(self.to_dict(), path)
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> Recipe:
