@@ -53,13 +53,18 @@ def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold:
     import cv2
 
     diff = cv2.absdiff(prev, cur)
-    changed = (diff > pixel_threshold).view(np.uint8)
-    diff = diff * changed  # sub-threshold change (compression flicker at a new keyframe) is not change
+    # sub-threshold change (compression flicker at a new keyframe) is not change
+    if diff.dtype == np.uint8:
+        diff = cv2.threshold(diff, pixel_threshold, 0, cv2.THRESH_TOZERO)[1]  # one OpenCV pass
+    else:
+        diff = diff * (diff > pixel_threshold)
+    n_changed = cv2.countNonZero(diff)
+    if n_changed > 0.5 * diff.size:  # a cut or pan: masking moot
+        return float(diff.sum(dtype=np.float64)) / diff.size
+    if n_changed < blob_fraction * diff.size:  # so is every changed blob: all masked (the usual case)
+        return 0.0
     total = float(diff.sum(dtype=np.float64))
-    n_changed = cv2.countNonZero(changed)
-    if n_changed == 0 or n_changed > 0.5 * diff.size:  # nothing to mask / a cut or pan: masking moot
-        return total / diff.size
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((diff > 0).view(np.uint8), connectivity=8)
     if n > 1:
         small = stats[1:, cv2.CC_STAT_AREA] < blob_fraction * diff.size
         if small.any():

@@ -62,13 +62,88 @@ class Frame:
     image: np.ndarray  # (H, W) uint8 grey or (H, W, 3) uint8 RGB
 
 
+# 8-bit formats whose first plane is the luma (Y) plane, one byte per pixel
+_LUMA_PLANE_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p",
+                                 "yuvj440p", "yuv411p", "yuvj411p", "yuv410p", "nv12", "nv21", "gray"})
+# limited ("TV", 16-235) luma to full-range grey, rounded as libswscale rounds it
+_TV_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+
+
+def _luma_plane(frame) -> np.ndarray:
+    """(H, W) uint8 view of a decoded frame's Y plane (no copy; rows are ``line_size`` apart)."""
+    plane = frame.planes[0]
+    buf = np.frombuffer(plane, np.uint8, count=plane.line_size * plane.height)
+    return buf.reshape(plane.height, plane.line_size)[:, :plane.width]
+
+
+class GreyReader:
+    """Grey frames the way libswscale makes them (``frame.to_ndarray(format="gray")``), about 20x cheaper.
+
+    libswscale's grey is the luma plane, stretched from limited range (16-235) to 0-255 unless the video is
+    full range. A frame is converted both ways and the cheap way (a view of the Y plane, through a
+    256-entry lookup table or as is) is used only if it gives libswscale's pixels exactly (checked once per
+    pixel format, colour range and colour space); other pixel formats (10-bit, RGB, ...) keep using
+    libswscale. Downscaling is OpenCV's area average.
+    """
+
+    # (pixel format, colour range, colour space) -> (direct, lut): checked once per process (libswscale's
+    # first grey conversion costs about a millisecond)
+    _decided: dict[tuple, tuple[bool, np.ndarray | None]] = {}
+
+    def __init__(self):
+        self.lut: np.ndarray | None = None
+        self.direct: bool | None = None  # None: not decided yet
+
+    def _decide(self, frame) -> None:
+        """Settle ``direct`` and ``lut`` for this video (left undecided while a frame cannot tell)."""
+        key = (frame.format.name, int(frame.color_range), int(frame.colorspace))
+        if key not in self._decided:
+            verdict = self._check(frame)
+            if verdict is None:
+                return
+            self._decided[key] = verdict
+        self.direct, self.lut = self._decided[key]
+
+    @staticmethod
+    def _check(frame) -> tuple[bool, np.ndarray | None] | None:
+        """(direct, lut) that reproduces libswscale's grey of ``frame``; None if the frame cannot tell which
+        (a flat black frame of a full-range video is the same through the table and without it)."""
+        if frame.format.name not in _LUMA_PLANE_FORMATS:
+            return False, None
+        reference = frame.to_ndarray(format="gray")
+        try:
+            luma = _luma_plane(frame)
+        except ValueError:  # a plane buffer shorter than line_size x height: keep libswscale
+            return False, None
+        exact = [lut for lut in (_TV_TO_FULL, None) if np.array_equal(luma if lut is None else lut[luma], reference)]
+        if len(exact) == 2:
+            return None
+        return (True, exact[0]) if exact else (False, None)
+
+    def __call__(self, frame, width: int, height: int) -> np.ndarray:
+        import cv2
+
+        if self.direct is None:
+            self._decide(frame)
+        if not self.direct:  # libswscale (also while undecided)
+            if (width, height) == (frame.width, frame.height):
+                return frame.to_ndarray(format="gray")
+            return frame.reformat(width=width, height=height, format="gray", interpolation="AREA").to_ndarray()
+        luma = _luma_plane(frame)
+        if (width, height) != (frame.width, frame.height):
+            small = cv2.resize(luma, (width, height), interpolation=cv2.INTER_AREA)
+            return small if self.lut is None else cv2.LUT(small, self.lut)
+        return luma.copy() if self.lut is None else cv2.LUT(luma, self.lut)
+
+
 def iter_frames(path: str | Path, fps: float | None = None, width: int | None = None, grey: bool = True,
                 threads: str = "AUTO", skip_nonref: bool = True) -> Iterator[Frame]:
     """Yield decoded frames, optionally only ~``fps`` per second and resized to ``width`` (aspect kept).
 
     Frames skipped by the analysis rate are not converted, which is where the time goes; with
     ``skip_nonref`` and an analysis rate at most half the source rate, non-reference frames are not even
-    decoded. ``grey`` converts to 8-bit luma in libswscale (cheap: it is the Y plane).
+    decoded. ``grey`` gives libswscale's 8-bit grey, read straight from the decoded luma plane where that is
+    exact (see :class:`GreyReader`); ``width`` then downscales with OpenCV's area filter.
     """
     import av
 
@@ -86,6 +161,7 @@ def iter_frames(path: str | Path, fps: float | None = None, width: int | None = 
             stream.codec_context.skip_frame = "NONREF"
         next_t = 0.0
         out_w = out_h = None
+        grey_reader = GreyReader() if grey else None
         index = -1
         try:
             for frame in container.decode(stream):
@@ -97,11 +173,12 @@ def iter_frames(path: str | Path, fps: float | None = None, width: int | None = 
                 if out_w is None:
                     out_w = width or frame.width
                     out_h = int(round(frame.height * out_w / frame.width / 2)) * 2 if width else frame.height
-                fmt = "gray" if grey else "rgb24"
-                if (out_w, out_h) != (frame.width, frame.height):
-                    img = frame.reformat(width=out_w, height=out_h, format=fmt, interpolation="AREA").to_ndarray()
+                if grey_reader is not None:
+                    img = grey_reader(frame, out_w, out_h)
+                elif (out_w, out_h) != (frame.width, frame.height):
+                    img = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="AREA").to_ndarray()
                 else:
-                    img = frame.to_ndarray(format=fmt)
+                    img = frame.to_ndarray(format="rgb24")
                 yield Frame(int(round(t * src_fps)) if frame.time is not None else index, t, img)
         except av.error.FFmpegError as err:
             raise PathkitError(f"{path}: decoding failed after {index + 1} frames, file truncated or corrupt "
