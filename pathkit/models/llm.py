@@ -6,6 +6,10 @@
               offline on a built-in pathology + English corpus; built once with a fixed seed, saved under
               ``pathkit.paths.cache_dir()/llm/tiny`` and loaded back with ``from_pretrained``, the same path real
               weights take.
+``tiny-pretrained``  ``tiny`` after a few minutes of text-only language modelling on synthetic pathology
+              text (:mod:`pathkit.models.tiny_pretrain`): the tiny stand-in for a pretrained chat LLM, used by
+              the LoRA recipes (pa_llava, wsi_llava) at the tiny preset. Built once (about 2-4 minutes on one
+              CPU thread), cached like ``tiny``; ``pathkit_build.json`` in its folder records the loss curve.
 ``tiny-gpu``  the same recipe, bigger (hidden 512, 8 layers), for the gpu preset.
 anything else a transformers hub id (e.g. ``lmsys/vicuna-7b-v1.5``) or a local folder.
 
@@ -35,6 +39,8 @@ TINY_SPECS = {
     # name: LlamaConfig sizes
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024),
+    "tiny-pretrained": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, max_position_embeddings=1024),
     "tiny-gpu": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
                      num_key_value_heads=4, max_position_embeddings=4096),
 }
@@ -148,17 +154,40 @@ def build_tiny_llm(out_dir: str | Path, name: str = "tiny", seed: int = TINY_SEE
     return out_dir
 
 
-def tiny_llm_dir(name: str = "tiny") -> Path:
-    """The cache folder of a tiny LLM, built on first use (atomically: a half-built folder is never visible)."""
+def _pretrain_spec(name: str):
+    if name != "tiny-pretrained":
+        return None
+    from pathkit.models.tiny_pretrain import PretrainSpec
+
+    return PretrainSpec()
+
+
+def _build_key(name: str) -> dict:
+    """What a cached tiny LLM must have been built with to be reused (version, and the pre-training spec)."""
+    from dataclasses import asdict
+
+    spec = _pretrain_spec(name)
+    return {"version": TINY_BUILD_VERSION, "pretrain": asdict(spec) if spec is not None else None}
+
+
+def tiny_llm_dir(name: str = "tiny", log=None) -> Path:
+    """The cache folder of a tiny LLM, built on first use (atomically: a half-built folder is never visible).
+
+    ``log``: a callable for progress lines while ``tiny-pretrained`` trains (default: print to stderr)."""
     final = cache_dir() / "llm" / name
-    if _built_version(final) == TINY_BUILD_VERSION:
+    key = _build_key(name)
+    if _built_key(final) == key:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
         build_tiny_llm(tmp, name=name)
-        (tmp / "pathkit_build.json").write_text(json.dumps({"name": name, "version": TINY_BUILD_VERSION}))
-        if final.exists() and _built_version(final) != TINY_BUILD_VERSION:  # stale: move it aside first
+        record = {"name": name, **key}
+        spec = _pretrain_spec(name)
+        if spec is not None:
+            record["pretraining"] = _pretrain_folder(tmp, spec, log)
+        (tmp / "pathkit_build.json").write_text(json.dumps(record, indent=1))
+        if final.exists() and _built_key(final) != key:  # stale: move it aside first
             stale = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=final.parent))
             os.replace(final, stale / name)
             shutil.rmtree(stale, ignore_errors=True)
@@ -172,9 +201,41 @@ def tiny_llm_dir(name: str = "tiny") -> Path:
     return final
 
 
-def _built_version(folder: Path) -> int | None:
+def _pretrain_folder(folder: Path, spec, log=None) -> dict:
+    """Load the random-init model saved in ``folder``, pre-train it on text (one thread), save it back."""
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pathkit.models.tiny_pretrain import pretrain_tiny_llm
+
+    if log is None:
+        def log(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic, and faster than 2 threads for a 64-wide model
     try:
-        return int(json.loads((folder / "pathkit_build.json").read_text())["version"])
+        with _quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            model = AutoModelForCausalLM.from_pretrained(str(folder))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            log(f"building tiny-pretrained: {spec.steps} steps of text pre-training (once; cached in {folder.parent})")
+            record = pretrain_tiny_llm(model, tokenizer, spec, log=lambda line: None)
+        log(f"tiny-pretrained: loss {record['losses'][0]['loss']} -> {record['losses'][-1]['loss']} "
+            f"in {record['seconds']} s")
+        with _quiet_progress():
+            model.save_pretrained(str(folder))
+    finally:
+        torch.set_num_threads(threads)
+    return record
+
+
+def _built_key(folder: Path) -> dict | None:
+    try:
+        record = json.loads((folder / "pathkit_build.json").read_text())
+        return {"version": int(record["version"]), "pretrain": record.get("pretrain")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -21,6 +21,7 @@ from pathkit.synthetic.tissue import CLASSES
 
 YES_NO_SUFFIX = " Please choose from the following two options: [yes, no]"
 LETTERS = "ABCD"
+SLIDE_LETTERS = "ABCDEFGH"
 
 # How each class is named in running text, and what it looks like.
 NOUNS: dict[str, str] = {
@@ -181,3 +182,27 @@ def report_for_slide(diagnosis: str, class_fractions: dict[str, float], rng: np.
         mit = "mitotic figures are present" if tumor.get("mitoses") else "no mitotic figures are seen"
         sentences.append(f"The tumor is grade {tumor['grade']}; {mit}.")
     return " ".join(sentences)
+
+
+def diagnosis_choice(diagnosis: str, diagnoses: list[str]) -> tuple[str, str]:
+    """(question, answer letter): the slide diagnosis among ``diagnoses``, options in that fixed order."""
+    if diagnosis not in diagnoses:
+        raise ValueError(f"diagnosis={diagnosis!r}: must be one of {diagnoses}")
+    options = " ".join(f"{SLIDE_LETTERS[i]}) {d}" for i, d in enumerate(diagnoses))
+    return (f"What is the diagnosis of this slide? {options}. Answer with the option's letter.",
+            SLIDE_LETTERS[diagnoses.index(diagnosis)])
+
+
+def slide_questions(diagnosis: str, index: int, diagnoses: list[str]) -> list[dict[str, Any]]:
+    """WSI-Bench-style questions about one slide: the lettered diagnosis (``diagnosis_choice``), a yes/no about
+    one diagnosis (yes on even ``index``, else one of the others in turn) and the open diagnosis."""
+    text, letter = diagnosis_choice(diagnosis, diagnoses)
+    asked = diagnosis if index % 2 == 0 else \
+        diagnoses[(diagnoses.index(diagnosis) + 1 + index // 2 % (len(diagnoses) - 1)) % len(diagnoses)]
+    return [
+        {"text": text, "answer": letter, "answer_type": "CLOSED", "category": "diagnosis_choice"},
+        {"text": f"Is this slide consistent with {asked}? Please answer yes or no.",
+         "answer": "yes" if asked == diagnosis else "no", "answer_type": "CLOSED", "category": "diagnosis_yes_no"},
+        {"text": "What is the diagnosis of this slide?", "answer": diagnosis, "answer_type": "OPEN",
+         "category": "diagnosis_open"},
+    ]

@@ -21,7 +21,6 @@ from typing import Any
 
 from pathkit.io import PathkitError
 
-LETTERS = "ABCDEFGH"
 REPORT_PROMPTS = ("Write the pathology report for this whole-slide image.",
                   "Describe the findings in this slide.",
                   "Generate a diagnostic report for this slide.")
@@ -60,29 +59,11 @@ def slide_set(cfg, data_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["id"])
 
 
-def diagnosis_choice(diagnosis: str) -> tuple[str, str]:
-    """(question, answer letter): the 4-way diagnosis with options in the fixed ``DIAGNOSES`` order."""
-    names = diagnoses()
-    if diagnosis not in names:
-        raise PathkitError(f"diagnosis {diagnosis!r}: must be one of {names}")
-    options = " ".join(f"{LETTERS[i]}) {d}" for i, d in enumerate(names))
-    return (f"What is the diagnosis of this slide? {options}. Answer with the option's letter.",
-            LETTERS[names.index(diagnosis)])
-
-
 def slide_questions_for(rec: dict[str, Any], index: int) -> list[dict[str, Any]]:
-    """Questions about one slide: choice (4-way), yes/no (yes on even ``index``), open diagnosis."""
-    names = diagnoses()
-    dx = rec["diagnosis"]
-    text, letter = diagnosis_choice(dx)
-    asked = dx if index % 2 == 0 else names[(names.index(dx) + 1 + index // 2 % 3) % len(names)]
-    return [
-        {"text": text, "answer": letter, "answer_type": "CLOSED", "category": "diagnosis_choice"},
-        {"text": f"Is this slide consistent with {asked}? Please answer yes or no.",
-         "answer": "yes" if asked == dx else "no", "answer_type": "CLOSED", "category": "diagnosis_yes_no"},
-        {"text": "What is the diagnosis of this slide?", "answer": dx, "answer_type": "OPEN",
-         "category": "diagnosis_open"},
-    ]
+    """Questions about one slide record (its ``diagnosis``); see :func:`pathkit.synthetic.text.slide_questions`."""
+    from pathkit.synthetic.text import slide_questions as questions
+
+    return questions(rec["diagnosis"], index, diagnoses())
 
 
 def slide_records(cfg, data_dir: str | Path, fmt: str, split: str = "train") -> list[dict[str, Any]]:
