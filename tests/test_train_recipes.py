@@ -86,6 +86,21 @@ def test_override_stage_fields():
         recipe.override({"nostage.lr": 1})
 
 
+def test_set_wins_over_the_recipe_and_reaches_every_stage_config():
+    from pathkit.config import Config
+    from pathkit.train.runner import stage_config, with_overrides
+
+    recipe = get_recipe("pa_llava", "tiny")
+    assert recipe.config["llm.lora_r"] == 16
+    cfg, changed = with_overrides(Config.from_name("tiny"), recipe,
+                                  {"llm.lora_r": 4, "seed": 7, "vqa_tuning.lr": 1e-4})
+    assert changed.stage("vqa_tuning").lr == 1e-4 and changed.stage("clip").lr == recipe.stage("clip").lr
+    for stage in changed.stages:  # the user's value, not the recipe's 16
+        assert stage_config(cfg, changed, stage).llm.lora_r == 4
+    assert stage_config(cfg, changed, changed.stages[0]).seed == 7
+    assert "lora_r: 4" in changed.to_yaml()  # recorded in the run's recipe.yaml
+
+
 def test_train_command_help_and_bad_input():
     from typer.testing import CliRunner
 

@@ -26,18 +26,9 @@ def train_command(
 
     from pathkit.config import Config, parse_set
     from pathkit.train.recipes import get_recipe
-    from pathkit.train.runner import run_recipe
+    from pathkit.train.runner import run_recipe, with_overrides
 
-    changes = parse_set(set_)
-    cfg = Config.from_name(preset)
-    rec = get_recipe(recipe, preset)
-    stage_names = {s.name for s in rec.stages} | {"*"}
-    stage_changes = {k: v for k, v in changes.items() if k.split(".", 1)[0] in stage_names}
-    cfg_changes = {k: v for k, v in changes.items() if k not in stage_changes}
-    if cfg_changes:
-        cfg = cfg.override(cfg_changes)
-    if stage_changes:
-        rec = rec.override(stage_changes)
+    cfg, rec = with_overrides(Config.from_name(preset), get_recipe(recipe, preset), parse_set(set_))
     summary = run_recipe(rec, cfg, out, resume=not no_resume, data_dir=data, checkpoint_every=checkpoint_every,
                          progress=progress)
     keys = ("closed_accuracy", "yes_no_accuracy", "choice_accuracy", "open_recall", "train_seconds")
