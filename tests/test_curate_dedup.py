@@ -116,13 +116,31 @@ def test_cli_dedup_writes_output_and_report(tmp_path):
     assert bad.returncode == 2 and "--threshold" in bad.stderr
 
 
+MIXED = DISTINCT + list(PLANTED) + ["short", "", "a much longer caption about glands " * 60]  # > 256 tokens
+
+
+def test_threaded_embedder_same_vectors_in_input_order_and_restores_threads():
+    import torch
+
+    from pathkit.curate.dedup import caption_embedder
+
+    threads = torch.get_num_threads()
+    serial = caption_embedder(workers=1, batch_size=64)(MIXED)  # one batch stream
+    threaded = caption_embedder(workers=2, batch_size=3)(MIXED)  # length-sorted batches of 3 on 2 threads
+    assert torch.get_num_threads() == threads
+    np.testing.assert_allclose(threaded, serial, atol=1e-5)
+    reversed_ = caption_embedder(workers=2, batch_size=3)(MIXED[::-1])
+    np.testing.assert_allclose(reversed_[::-1], serial, atol=1e-5)  # rows follow the input order
+
+
 @pytest.mark.slow  # imports sentence-transformers (the reference), tens of seconds on a busy machine
 def test_fast_embedder_matches_sentence_transformers():
     from pathkit.curate.dedup import caption_embedder
 
-    texts = DISTINCT + list(PLANTED) + ["short", "a much longer caption about glands " * 30]
-    fast = caption_embedder()(texts)
-    reference = caption_embedder(backend="sentence-transformers")(texts)
-    assert fast.shape == (len(texts), 384)
-    np.testing.assert_allclose(fast, reference, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    reference = caption_embedder(backend="sentence-transformers")(MIXED)
+    for workers, batch_size in ((None, 32), (1, 5), (2, 4)):
+        fast = caption_embedder(workers=workers, batch_size=batch_size)(MIXED)
+        assert fast.shape == (len(MIXED), 384)
+        assert np.min(np.sum(fast * reference, axis=1)) > 0.999  # cosine to the peer library, every caption
+        np.testing.assert_allclose(fast, reference, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
