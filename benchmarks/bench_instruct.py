@@ -140,23 +140,39 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def bench_dedup(n: int, threshold: float, block: int, device: str, embed_sample: int) -> dict:
+def _embed_rate(embed, sample: list[str]) -> tuple[float, float]:
+    """(captions per wall second, captions per CPU second of this process) for one pass over ``sample``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    embed(sample)
+    return len(sample) / (time.perf_counter() - t0), len(sample) / max(1e-9, time.process_time() - c0)
+
+
+def bench_dedup(n: int, threshold: float, block: int, device: str, embed_sample: int, batch_size: int = 32,
+                workers: int | None = None, progress: bool = False) -> dict:
+    import psutil
     import torch
 
-    from pathkit.curate.dedup import caption_embedder, dedup_captions
+    from pathkit.curate.dedup import caption_embedder, dedup_captions, normalize_caption
 
     texts, planted = synthetic_captions(n)
     t0 = time.perf_counter()
-    embed = caption_embedder(device=device, batch_size=128)
-    embed(["warm-up caption about glands"])
+    embed = caption_embedder(device=device, batch_size=batch_size, workers=workers)
+    embed(["warm-up caption about glands"] * 8)
     load_s = time.perf_counter() - t0
+    threads = torch.get_num_threads()
 
-    # baseline: embedding alone, on a random sample (the embedding rate is per caption)
+    # baseline: embedding alone on a random sample, side by side with the previous configuration (one stream
+    # of length-sorted batches of 128 with every core as an intra-op thread), alternated so both see the same load
     sample = random.Random(1).sample(texts, min(embed_sample, n))
-    t0 = time.perf_counter()
-    embed(sample)
-    embed_rate = len(sample) / (time.perf_counter() - t0)
-    print(f"dedup: embedding alone {embed_rate:.1f} captions/s ({len(sample)} captions)", flush=True)
+    single = caption_embedder(device=device, batch_size=128, workers=1)
+    rates: dict[str, list[tuple[float, float]]] = {"workers": [], "single_stream": []}
+    for _ in range(2):
+        rates["workers"].append(_embed_rate(embed, sample[: len(sample) // 2]))
+        rates["single_stream"].append(_embed_rate(single, sample[len(sample) // 2:]))
+    embed_rate = float(np.mean([r[0] for r in rates["workers"]]))
+    single_rate = float(np.mean([r[0] for r in rates["single_stream"]]))
+    print(f"dedup: embedding alone {embed_rate:.1f} captions/s (previous single-stream configuration "
+          f"{single_rate:.1f}, {embed_rate / single_rate:.2f}x; {len(sample)} captions, {threads} threads)", flush=True)
 
     # the whole pipeline (exact pass + embeddings + blocked search), peak memory above the post-load level
     embed_seconds = [0.0]
@@ -167,29 +183,72 @@ def bench_dedup(n: int, threshold: float, block: int, device: str, embed_sample:
         embed_seconds[0] += time.perf_counter() - t
         return out
 
+    load_before = os.getloadavg()[0]
     with PeakRSS() as mem:
         rss_before = mem.peak
         t0 = time.perf_counter()
-        keep, report = dedup_captions(texts, threshold=threshold, block_size=block, embed=timed_embed)
+        keep, report = dedup_captions(texts, threshold=threshold, block_size=block, embed=timed_embed,
+                                      progress=progress)
         full_s = time.perf_counter() - t0
-    removed = {r["index"] for r in report}
-    found = sum(c in removed or o in removed for c, o in planted.items()) / max(1, len(planted))
-    print(f"dedup N={n}: whole dedup {n / full_s:.1f} captions/s ({n / full_s / embed_rate:.0%} of the embedding "
-          f"rate); {len(report)} removed, planted pairs found {found:.3f}; peak +{(mem.peak - rss_before) / 2**20:.0f} "
-          f"MiB (N x 384 float32 = {n * 384 * 4 / 2**20:.0f} MiB); embedding took {embed_seconds[0] / full_s:.1%} of "
-          "the run", flush=True)
+    removed = {r["index"]: r for r in report}
+    # ground truth: each planted copy (or its original, whichever came later in the shuffled order) must go
+    exact_pairs = {c: o for c, o in planted.items() if normalize_caption(texts[c]) == normalize_caption(texts[o])}
+    near_pairs = {c: o for c, o in planted.items() if c not in exact_pairs}
+
+    root = {c: o for c, o in planted.items()}  # a copy's group is its original (copies of one original match)
+
+    def found(pairs: dict[int, int]) -> int:
+        """Pairs where the copy or the original was removed as a duplicate of its own group (two copies of one
+        original are exact duplicates of each other, whatever their kind)."""
+        return sum(any(i in removed and root.get(removed[i]["duplicate_of"], removed[i]["duplicate_of"]) == o
+                       for i in (c, o)) for c, o in pairs.items())
+
+    in_pairs = set(planted) | set(planted.values())
+    incidental = [r for r in report if r["index"] not in in_pairs]
+    n_unique = n - sum(r["reason"] == "exact" for r in report)
+    inside_rate = n_unique / embed_seconds[0]
+    peak_mib = (mem.peak - rss_before) / 2**20
+    print(f"dedup N={n}: whole dedup {n / full_s:.1f} captions/s = {n / full_s / embed_rate:.2f}x the embedding-alone "
+          f"rate; embedding took {embed_seconds[0] / full_s:.1%} of the run; {len(report)} removed; planted exact "
+          f"{found(exact_pairs)}/{len(exact_pairs)}, near {found(near_pairs)}/{len(near_pairs)}, "
+          f"incidental {len(incidental)}; peak +{peak_mib:.0f} MiB (N x 384 float32 = {n * 384 * 4 / 2**20:.0f} MiB)",
+          flush=True)
     return {"captions": n, "threshold": threshold, "block_size": block, "device": device,
-            "torch_threads": torch.get_num_threads(), "model_load_s": round(load_s, 2),
-            "embed_only": {"captions": len(sample), "captions_per_s": round(embed_rate, 1)},
+            "torch_threads": threads, "embed_batch_size": batch_size,
+            "embed_workers": workers if workers is not None else (threads if device == "cpu" else 1),
+            "model_load_s": round(load_s, 2), "rss_after_model_load_mib": round(rss_before / 2**20, 1),
+            "embed_only": {"captions": len(sample), "captions_per_s": round(embed_rate, 1),
+                           "captions_per_cpu_s": round(float(np.mean([r[1] for r in rates["workers"]])), 1),
+                           "rounds_captions_per_s": [round(r[0], 1) for r in rates["workers"]]},
+            "embed_only_previous_single_stream": {
+                "batch_size": 128, "workers": 1, "intra_op_threads": threads,
+                "captions_per_s": round(single_rate, 1),
+                "captions_per_cpu_s": round(float(np.mean([r[1] for r in rates["single_stream"]])), 1),
+                "rounds_captions_per_s": [round(r[0], 1) for r in rates["single_stream"]],
+                "speedup_of_workers": round(embed_rate / single_rate, 2)},
             "dedup": {"seconds": round(full_s, 2), "captions_per_s": round(n / full_s, 1),
                       "fraction_of_embedding_rate": round(n / full_s / embed_rate, 3),
                       "embedding_seconds_inside": round(embed_seconds[0], 2),
+                      "embedding_captions_per_s_inside": round(inside_rate, 1),
                       "embedding_share_of_time": round(embed_seconds[0] / full_s, 4),
+                      "load_average_1min_before": round(load_before, 2),
+                      "load_average_1min_after": round(os.getloadavg()[0], 2),
+                      "cpu_count": psutil.cpu_count(),
                       "removed": len(report), "removed_exact": sum(r["reason"] == "exact" for r in report),
-                      "removed_near": sum(r["reason"] == "near" for r in report), "planted_pairs": len(planted),
-                      "planted_pairs_found": round(found, 4),
-                      "peak_rss_above_start_mib": round((mem.peak - rss_before) / 2**20, 1)},
-            "embeddings_mib": round(n * 384 * 4 / 2**20, 1)}
+                      "removed_near": sum(r["reason"] == "near" for r in report),
+                      "planted_pairs": len(planted), "planted_exact": len(exact_pairs),
+                      "planted_near": len(near_pairs),
+                      "planted_exact_found": found(exact_pairs),
+                      "planted_near_found": found(near_pairs),
+                      "planted_pairs_found": round(sum(c in removed or o in removed for c, o in planted.items())
+                                                   / max(1, len(planted)), 4),
+                      "removed_outside_planted_pairs": len(incidental),
+                      "removed_outside_planted_examples": [
+                          {"text": texts[r["index"]], "duplicate_of": texts[r["duplicate_of"]],
+                           "similarity": r["similarity"]} for r in incidental[:3]],
+                      "peak_rss_above_start_mib": round(peak_mib, 1)},
+            "embeddings_mib": round(n * 384 * 4 / 2**20, 1),
+            "peak_over_embeddings": round(peak_mib / (n * 384 * 4 / 2**20), 2)}
 
 
 def bench_search(n: int, threshold: float, block: int, seed: int = 0) -> dict:
@@ -244,7 +303,12 @@ def plot(result: dict, path: Path) -> None:
         names, rates, colors = [], [], []
         if "dedup" in result:
             d = result["dedup"]
-            names += ["embedding alone\n(baseline)", f"whole dedup\nN={d['captions']:,}"]
+            if "embed_only_previous_single_stream" in d:
+                names.append("embedding alone,\n1 stream x 2 threads")
+                rates.append(d["embed_only_previous_single_stream"]["captions_per_s"])
+                colors.append("lightgrey")
+            names += [f"embedding alone,\n{d.get('embed_workers', 1)} workers (baseline)",
+                      f"whole dedup\nN={d['captions']:,}"]
             rates += [d["embed_only"]["captions_per_s"], d["dedup"]["captions_per_s"]]
             colors += ["grey", "tab:blue"]
         if "search" in result:
@@ -279,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--device", default="cpu", help="embedding device (cpu or cuda)")
+    parser.add_argument("--embed-batch", type=int, default=32, help="captions per MiniLM forward")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="embedding threads, each with one intra-op thread (default: torch's thread count)")
+    parser.add_argument("--progress", action="store_true", help="progress bar for the whole dedup")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sections of an existing --out file that this run skips")
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--skip-dedup", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
@@ -293,11 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_generation:
         result["generation"] = bench_generation(args.items, args.latency, [int(x) for x in args.levels.split(",")])
     if not args.skip_dedup:
-        result["dedup"] = bench_dedup(args.captions, args.threshold, args.block, args.device, args.embed_sample)
+        result["dedup"] = bench_dedup(args.captions, args.threshold, args.block, args.device, args.embed_sample,
+                                      args.embed_batch, args.workers, args.progress)
     if not args.skip_search:
         result["search"] = bench_search(args.search_n, args.threshold, args.block)
     result["machine"]["load_average_at_end"] = list(os.getloadavg())
     out = Path(args.out)
+    if args.merge and out.exists():  # sections not rerun keep their numbers, and say from which machine state
+        previous = json.loads(out.read_text())
+        for name in ("generation", "dedup", "search"):
+            if name not in result and name in previous:
+                result[name] = previous[name]
+                result[name].setdefault("from_previous_run", {"machine": previous.get("machine", {})})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out.with_suffix(".png"))
