@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pathkit.io import PathkitError, write_json, write_jsonl
 from pathkit.models.clip import PathologyCLIP, build_clip, retrieval_metrics
+from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader
 from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -162,24 +163,56 @@ def collate_slides(items: list[dict[str, Any]]) -> dict[str, Any]:
             "texts": [it["text"] for it in items], "labels": [it["label"] for it in items]}
 
 
+class PairBatchSampler(LengthGroupedBatchSampler):
+    """Shuffled batches of pairs, seeded per epoch and resumable mid-epoch (the VLM sampler without length grouping).
+
+    Each epoch: a permutation from ``numpy.random.default_rng(seed + epoch)`` cut into batches of ``batch_size``;
+    the last incomplete batch is dropped when the set holds a full batch (a contrastive batch of one teaches
+    nothing); with several ranks batch ``k * world_size + rank`` goes to ``rank`` and every rank gets as many.
+    ``state_dict()`` / ``load_state_dict()`` (``{"epoch", "consumed"}``, kept by
+    :class:`pathkit.train.data.ConsumedBatches`) let a resumed run continue with the very next batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1):
+        super().__init__([0] * int(n), batch_size, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
+                         group=1)
+
+    def _global_batches(self) -> list[list[int]]:
+        n, size = len(self.lengths), self.batch_size
+        order = np.random.default_rng(self.seed + self.epoch).permutation(n) if self.shuffle else np.arange(n)
+        batches = [order[i:i + size].tolist() for i in range(0, n, size)]
+        if n >= size:
+            batches = [b for b in batches if len(b) == size]
+        if self.world_size > 1:
+            batches = batches[: len(batches) // self.world_size * self.world_size]
+        return batches
+
+    def __len__(self) -> int:
+        return len(self._global_batches()) // self.world_size
+
+
 class PairDataModule(L.LightningDataModule):
-    """Shuffled batches of pairs; the last incomplete batch is dropped when the set holds a full batch
-    (a contrastive batch of one teaches nothing)."""
+    """Shuffled batches of pairs (:class:`PairBatchSampler`: seeded, sharded over ranks, resumable mid-epoch);
+    the last incomplete batch is dropped when the set holds a full batch."""
 
     def __init__(self, dataset: Dataset, batch_size: int, collate, seed: int = 0, num_workers: int = 0):
         super().__init__()
         self.dataset, self.batch_size, self.collate = dataset, int(batch_size), collate
         self.seed, self.num_workers = seed, num_workers
 
-    def batches_per_epoch(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if n >= self.batch_size else 1
+    def batches_per_epoch(self, world_size: int = 1) -> int:
+        return len(PairBatchSampler(len(self.dataset), self.batch_size, world_size=world_size))
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=self.collate, drop_last=len(self.dataset) >= self.batch_size,
-                          num_workers=self.num_workers)
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        sampler = PairBatchSampler(len(self.dataset), self.batch_size, seed=self.seed, rank=rank, world_size=world)
+        generator = torch.Generator().manual_seed(self.seed)  # keeps the global RNG untouched (resume)
+        return ResumableDataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
+                                   num_workers=self.num_workers, generator=generator,
+                                   persistent_workers=self.num_workers > 0)
 
 
 def positives_from_texts(texts: Sequence[str], device=None) -> torch.Tensor:
@@ -215,11 +248,21 @@ class ContrastiveModule(L.LightningModule):
             if tower is None:
                 raise PathkitError(f"ContrastiveModule.freeze={list(freeze)!r}: parts are 'image' and 'text'")
             tower.requires_grad_(False)
-        self.history: list[dict[str, float]] = []
-        self._t_batch: float | None = None
+        self.history: list[dict[str, float]] = []  # one row per optimiser step (kept in checkpoints)
+        self.run_key: str | None = None  # settings fingerprint; a checkpoint from other settings is refused
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._t_last: float | None = None
+        self._acc_n = 0
+        self.resumed_rows = 0  # history rows that came from a checkpoint (not trained in this run)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._t_batch = time.perf_counter()
+        if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random stream
+            from pathkit.train.vlm_module import _set_rng_state
+
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        if self._t_last is None:
+            self._t_last = time.perf_counter()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         texts = batch["texts"]
@@ -232,15 +275,34 @@ class ContrastiveModule(L.LightningModule):
             logs["train/itm_accuracy"] = out["itm_accuracy"]
         self.log_dict(logs, prog_bar=False, batch_size=n)
         self._last = {k.split("/")[1]: float(v.detach()) for k, v in logs.items()}
+        self._acc_n += n
         return out["loss"]
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        seconds = time.perf_counter() - (self._t_batch or time.perf_counter())
-        sps = len(batch["texts"]) / max(seconds, 1e-9)
-        self.log("train/samples_per_sec", sps, batch_size=len(batch["texts"]))
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0.0
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Once per optimiser step (before callbacks' ``on_train_batch_end``, so checkpoints hold the row)."""
+        now = time.perf_counter()
+        sps = self._acc_n / max(now - (self._t_last or now), 1e-9)
+        self.log("train/samples_per_sec", sps, batch_size=max(1, self._acc_n))
+        lr = optimizer.param_groups[0]["lr"]
         self.history.append({"step": int(self.global_step), **getattr(self, "_last", {}),
-                             "n": len(batch["texts"]), "samples_per_sec": sps, "lr": lr})
+                             "n": self._acc_n, "samples_per_sec": sps, "lr": lr})
+        self._acc_n, self._t_last = 0, now
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from pathkit.train.vlm_module import _get_rng_state
+
+        checkpoint["pathkit_rng"] = _get_rng_state()
+        checkpoint["pathkit_history"] = list(self.history)
+        checkpoint["pathkit_run_key"] = self.run_key
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("pathkit_run_key")
+        if self.run_key is not None and saved != self.run_key:
+            raise PathkitError("contrastive checkpoint: made with other settings (run key "
+                               f"{saved!r} != {self.run_key!r}); use a new out_dir or resume=False")
+        self._rng_to_restore = checkpoint.get("pathkit_rng")
+        self.history = list(checkpoint.get("pathkit_history", []))
+        self.resumed_rows = len(self.history)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -320,18 +382,64 @@ def clip_data(cfg, source: str, data_dir: str | Path, preprocess=None, seed: int
     raise PathkitError(f"train_clip: source={source!r}: must be tiles or slides")
 
 
+class LastCheckpoint(L.Callback):
+    """``path`` (``last.ckpt``) every ``every`` optimiser steps and at the end, written under a temporary name and
+    renamed (never half-written); with ``stop_after_steps`` it saves and stops the run there (simulates a kill).
+
+    Mirrors the VLM runner's callback (:mod:`pathkit.train.runner`)."""
+
+    def __init__(self, path: str | Path, every: int, stop_after_steps: int | None = None):
+        self.path, self.every, self.stop_after_steps = Path(path), max(1, int(every)), stop_after_steps
+        self.saved_step = -1
+
+    def _save(self, trainer) -> None:
+        import os
+
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("last_checkpoint")
+        self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self.saved_step or step == 0:
+            return
+        stop = self.stop_after_steps is not None and step >= self.stop_after_steps
+        if stop or step % self.every == 0:
+            self._save(trainer)
+        if stop:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self.saved_step:
+            self._save(trainer)
+
+
+def _run_key(cfg, **settings: Any) -> str:
+    """Fingerprint of what a contrastive run trains (config + arguments): a checkpoint resumes only the same run."""
+    import hashlib
+    import json
+
+    text = cfg.to_yaml() + json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str | Path | None = None,
                vision: str | None = None, epochs: int | None = None, batch_size: int | None = None,
                lr: float | None = None, weight_decay: float = 0.1, warmup_ratio: float = 0.1,
                max_steps: int = -1, itm_weight: float | None = None, freeze: Sequence[str] = (),
                seed: int | None = None, progress: bool = False, evaluate: bool = True,
-               num_threads: int | None = None) -> dict[str, Any]:
+               num_threads: int | None = None, resume: bool = False, checkpoint_every: int = 20,
+               stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train a PathologyCLIP and save it to ``out_dir/model``; returns the summary written to ``metrics.json``.
 
     Args:
         cfg: a :class:`pathkit.config.Config` (towers: ``cfg.encoder`` / ``cfg.longnet``, ``cfg.text_encoder``;
             heads: ``cfg.clip``; trainer: ``cfg.train`` accelerator/precision/grad_clip).
-        out_dir: output folder (``model/``, ``losses.jsonl``, ``logs/``, ``metrics.json``).
+        out_dir: output folder (``model/``, ``losses.jsonl``, ``logs/``, ``checkpoints/last.ckpt``,
+            ``metrics.json``).
         source: ``tiles`` (image-caption pairs) or ``slides`` (slide features + reports).
         data_dir: where the synthetic data lives or is built (a notebook workdir); default ``out_dir``.
         vision: image tower: ``image`` (default for tiles), ``longnet`` (default for slides) or ``mean``.
@@ -342,6 +450,12 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
         evaluate: compute held-out retrieval / zero-shot before and after (the ``metrics.json`` numbers).
         num_threads: torch intra-op threads during this call (restored after). Tiny models run thousands of
             tiny ops; on a busy 2-core machine 1 thread was measured ~15x faster than 2.
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` when it exists (model, optimiser, scheduler, step,
+            data position mid-epoch, RNG, loss history: the next step's loss equals the uninterrupted run's).
+            A checkpoint made with other settings is refused (PathkitError). ``False`` removes a stale one.
+        checkpoint_every: optimiser steps between ``last.ckpt`` saves (also saved at the end).
+        stop_after_steps: stop after this many optimiser steps (simulates a kill): the checkpoint and
+            ``losses.jsonl`` so far are written, no model or ``metrics.json``; the summary says ``interrupted``.
     """
     if num_threads:
         before_threads = torch.get_num_threads()
@@ -350,7 +464,8 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
             return train_clip(cfg, out_dir, source=source, data_dir=data_dir, vision=vision, epochs=epochs,
                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                               max_steps=max_steps, itm_weight=itm_weight, freeze=freeze, seed=seed,
-                              progress=progress, evaluate=evaluate)
+                              progress=progress, evaluate=evaluate, resume=resume,
+                              checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps)
         finally:
             torch.set_num_threads(before_threads)
     out_dir = Path(out_dir)
@@ -362,33 +477,45 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
     t = cfg.train
     epochs = epochs or t.epochs
     batch_size = batch_size or t.batch_size
+    itm_weight = cfg.clip.itm_weight if itm_weight is None else itm_weight
+    lr = lr or t.lr
     dm = PairDataModule(train_set, batch_size, collate, seed=seed, num_workers=0)
     total = dm.batches_per_epoch() * epochs if max_steps <= 0 else max_steps
-    module = ContrastiveModule(model, total_steps=total, lr=lr or t.lr, weight_decay=weight_decay,
-                               warmup_ratio=warmup_ratio,
-                               itm_weight=cfg.clip.itm_weight if itm_weight is None else itm_weight,
-                               freeze=freeze)
+    module = ContrastiveModule(model, total_steps=total, lr=lr, weight_decay=weight_decay,
+                               warmup_ratio=warmup_ratio, itm_weight=itm_weight, freeze=freeze)
+    module.run_key = _run_key(cfg, source=source, vision=vision, epochs=epochs, batch_size=batch_size, lr=lr,
+                              weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_steps=max_steps,
+                              itm_weight=itm_weight, freeze=sorted(freeze), seed=seed, n=len(train_set))
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        ckpt.unlink(missing_ok=True)  # a stale checkpoint must never be resumed into a fresh run
+    resume_from = ckpt if ckpt.exists() else None
     before = evaluate_clip(model, held_set, collate, prompts) if evaluate else {}
     from lightning.pytorch.loggers import CSVLogger
 
     trainer = L.Trainer(max_epochs=epochs, max_steps=max_steps, accelerator=t.accelerator, devices=1,
                         precision=t.precision if torch.cuda.is_available() else "32-true",
                         gradient_clip_val=t.grad_clip or None, logger=CSVLogger(out_dir, name="logs"),
+                        callbacks=[ConsumedBatches(), LastCheckpoint(ckpt, checkpoint_every, stop_after_steps)],
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        log_every_n_steps=1, num_sanity_val_steps=0)
+                        log_every_n_steps=1, num_sanity_val_steps=0, use_distributed_sampler=False)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - start
+    write_jsonl(out_dir / "losses.jsonl", module.history)  # the checkpoint's rows + this run's
+    if stop_after_steps is not None and trainer.global_step < total:
+        return {"source": source, "vision": vision, "interrupted": True, "steps": int(trainer.global_step),
+                "checkpoint": str(ckpt)}
     model = module.model.cpu().eval()
     after = evaluate_clip(model, held_set, collate, prompts) if evaluate else {}
     model.save_pretrained(out_dir / "model")
-    write_jsonl(out_dir / "losses.jsonl", module.history)
-    seen = sum(h["n"] for h in module.history)
+    seen = sum(h["n"] for h in module.history[module.resumed_rows:])  # samples trained in this call
     summary = {"source": source, "vision": vision, "steps": len(module.history), "epochs": epochs,
                "batch_size": batch_size, "seconds": seconds, "samples_per_sec": seen / max(seconds, 1e-9),
                "final_loss": module.history[-1]["loss"] if module.history else None,
                "temperature": model.temperature, "before": before, "after": after,
-               "model": str(out_dir / "model")}
+               "model": str(out_dir / "model"), "resumed_from": str(resume_from) if resume_from else None}
     write_json(out_dir / "metrics.json", summary)
     return summary
 

@@ -3,7 +3,9 @@
 
 Output: ``stage_dir/model`` (``PathologyCLIP.save_pretrained``: ``image_encoder/`` that ``load_encoder`` reads, or
 ``slide_encoder.pt`` for slides), which later VLM stages load through their ``init_from``; ``stage_dir/metrics.json``
-(retrieval R@1 and zero-shot accuracy before/after); ``stage_dir/stage_summary.json``.
+(retrieval R@1 and zero-shot accuracy before/after); ``stage_dir/stage_summary.json``;
+``stage_dir/checkpoints/last.ckpt`` every ``checkpoint_every`` optimiser steps, from which a restarted stage
+continues mid-epoch (``resume=True``) with the losses the uninterrupted run would have had.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from pathkit.train.recipes import Recipe, Stage
 
 
 def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, data_dir: Path, stage_dir: Path, resume: bool = True,
-                          progress: bool = False) -> dict[str, Any]:
+                          progress: bool = False, checkpoint_every: int = 20, stop_after_steps: int | None = None
+                          ) -> dict[str, Any] | None:
+    """Train the stage (continuing from ``stage_dir/checkpoints/last.ckpt`` when ``resume``); returns the stage
+    summary, or None when ``stop_after_steps`` stopped it early (the runner's contract for an interrupted stage)."""
     from pathkit.train.contrastive import train_clip
 
     source = stage.data.source
@@ -34,7 +39,10 @@ def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, data_dir: Path, sta
     metrics = train_clip(cfg, stage_dir, source=source, data_dir=data_dir, vision=vision, epochs=stage.epochs,
                          batch_size=stage.batch_size, lr=stage.lr, weight_decay=stage.weight_decay,
                          warmup_ratio=stage.warmup_ratio, max_steps=stage.max_steps, freeze=freeze,
-                         seed=cfg.seed, progress=progress)
+                         seed=cfg.seed, progress=progress, resume=resume, checkpoint_every=checkpoint_every,
+                         stop_after_steps=stop_after_steps)
+    if metrics.get("interrupted"):
+        return None
     losses = read_jsonl(stage_dir / "losses.jsonl") if (stage_dir / "losses.jsonl").exists() else []
     before, after = metrics.get("before", {}), metrics.get("after", {})
     summary = {
@@ -42,7 +50,7 @@ def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, data_dir: Path, sta
         "first_train_loss": losses[0].get("loss") if losses else None,
         "final_train_loss": metrics.get("final_loss"), "samples_per_s": metrics.get("samples_per_sec"),
         "seconds": round(float(metrics.get("seconds", 0.0)), 2), "vision": vision,
-        "retrieval_before": before, "retrieval_after": after,
+        "retrieval_before": before, "retrieval_after": after, "resumed_from": metrics.get("resumed_from"),
     }
     write_json(stage_dir / "stage_summary.json", summary)
     return summary
