@@ -15,6 +15,7 @@ NOTEBOOKS = list_notebooks()
 
 
 @pytest.mark.notebooks
+@pytest.mark.timeout(1800)  # 07 trains two recipes and, on a fresh machine, builds tiny-pretrained once (minutes)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, session_dir):
     out = run_notebook(path, session_dir / "executed", preset="tiny", seed=0,

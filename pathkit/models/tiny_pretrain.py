@@ -30,8 +30,8 @@ class PretrainSpec:
 
     conversations: int = 24_000
     steps: int = 1_200
-    batch_size: int = 16
-    lr: float = 3e-3
+    batch_size: int = 32
+    lr: float = 4e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
     template: str = "vicuna_v1"
@@ -62,7 +62,7 @@ def pretrain_tiny_llm(model, tokenizer, spec: PretrainSpec = PretrainSpec(), log
     encoded = [tokenize_conversation(c, tokenizer, spec.template, max_length=spec.max_length)["input_ids"]
                for c in conversations]
     generator = torch.Generator().manual_seed(spec.seed)
-    order = torch.randperm(len(encoded), generator=generator).tolist()
+    order = torch.randperm(len(encoded), generator=generator).tolist()  # mixed lengths and kinds in every batch
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
     pad = tokenizer.pad_token_id

@@ -47,8 +47,8 @@ def slide_composition(diagnosis: str, rng: np.random.Generator) -> dict[str, flo
     return {c: f / total for c, f in fractions.items()}
 
 
-def text_conversations(n: int, seed: int = 0, slide_fraction: float = 0.25, describe_fraction: float = 0.15
-                       ) -> list[list[dict[str, Any]]]:
+def text_conversations(n: int, seed: int = 0, slide_fraction: float = 0.25, describe_fraction: float = 0.15,
+                       yes_no_fraction: float = 0.4) -> list[list[dict[str, Any]]]:
     """``n`` LLaVA-format conversations (one human and one gpt turn), deterministic for ``seed``.
 
     Args:
@@ -56,6 +56,9 @@ def text_conversations(n: int, seed: int = 0, slide_fraction: float = 0.25, desc
         seed: draws labels, attributes, compositions and phrasings.
         slide_fraction: share of conversations about a slide report (the rest are about a tile caption).
         describe_fraction: share that are description requests; the rest are context + question.
+        yes_no_fraction: of the questions about a tile, the share that are the tissue yes/no question (the
+            hardest to answer from context: the asked class is named differently from the caption's); the
+            rest are drawn evenly from the tile's other questions.
     """
     rng = np.random.default_rng(seed)
     diagnoses = list(DIAGNOSES)
@@ -75,7 +78,10 @@ def text_conversations(n: int, seed: int = 0, slide_fraction: float = 0.25, desc
         if rng.random() < describe_fraction:
             turns = (prompt, context)
         else:
-            q = questions[int(rng.integers(len(questions)))]
+            if questions[0]["category"] == "tissue_yes_no" and rng.random() < yes_no_fraction:
+                q = questions[0]
+            else:
+                q = questions[int(rng.integers(len(questions)))]
             turns = (f"{context}\n{q['text']}", q["answer"])
         out.append([{"from": "human", "value": turns[0]}, {"from": "gpt", "value": turns[1]}])
     return out
