@@ -8,10 +8,18 @@ raises "FSDP needs a non-CPU accelerator device". torch's FSDP itself runs on CP
 passes it; everything else (full sharding, ``use_orig_params``, the optimiser set up on the sharded model, the
 full state dict gathered for saving) is Lightning's FSDP path unchanged.
 
-One script runs both strategies with the same model, data and seed: ranks see disjoint data, parameters are
-really sharded (each rank holds half of the flat parameter), the per-rank losses of every step equal the DDP
-run's, and the state dict gathered after FSDP training loads into a fresh ``VisionLanguageModel`` whose logits
-equal the sharded model's and the DDP-trained model's.
+Two more CPU/FSDP facts the script works around (both in Lightning 2.6.6 / torch 2.13): Lightning's full state
+dict gather (``lightning_module_state_dict``, ``save_checkpoint`` with ``state_dict_type="full"``) uses
+``offload_to_cpu=True``, and torch's ``FlatParamHandle.to_cpu()`` on a flat parameter already on CPU moves nothing
+and then frees the unsharded storage the parameters still view: a segfault, so the script gathers with
+``offload_to_cpu=False``. And ``FSDPPrecision`` refuses norm clipping (``gradient_clip_val`` with the default
+``"norm"`` raises MisconfigurationException, on GPU as well), so the FSDP module clips through
+``FullyShardedDataParallel.clip_grad_norm_``.
+
+One script runs both strategies with the same model, data, seed and norm clipping: ranks see disjoint data,
+parameters are really sharded (each rank holds half of the flat parameter), clipping sees the global norm, the
+per-rank losses of every step equal the DDP run's, and the state dict gathered after FSDP training loads into a
+fresh ``VisionLanguageModel`` whose logits equal the sharded model's and the DDP-trained model's.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ SCRIPT = textwrap.dedent('''
     from pathkit.train.recipes import Stage
     from pathkit.train.vlm_module import VLMModule, count_trainable
 
-    strategy_name, out = sys.argv[1], sys.argv[2]
+    strategy_name, out, CLIP = sys.argv[1], sys.argv[2], float(sys.argv[3])
     STEPS = 3
 
 
@@ -65,7 +73,21 @@ SCRIPT = textwrap.dedent('''
     ds = ConversationDataset(records, model.tokenizer, "vicuna_v1", 128, load_image=load_image)
     dm = VLMDataModule(ds, batch_size=2, pad_token_id=model.tokenizer.pad_token_id, seed=0)
     stage = Stage(name=strategy_name, trainable={"connector": True, "llm": True}, lr=1e-2, warmup_ratio=0.0)
-    module = VLMModule(model, stage, total_steps=STEPS)
+
+
+    class FSDPClippingVLMModule(VLMModule):
+        """Norm clipping under FSDP: Lightning's FSDPPrecision refuses gradient_clip_algorithm='norm' (a plain
+        clip_grad_norm_ would see only this rank's shard); FSDP's own clip_grad_norm_ uses the global norm."""
+
+        norms = []
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            if gradient_clip_val:
+                self.norms.append(float(self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)))
+
+
+    module_cls = FSDPClippingVLMModule if strategy_name == "fsdp" and CLIP else VLMModule
+    module = module_cls(model, stage, total_steps=STEPS)
     trainable, total = count_trainable(model)
 
 
@@ -80,13 +102,14 @@ SCRIPT = textwrap.dedent('''
     strategy = CPUFSDPStrategy() if strategy_name == "fsdp" else "ddp"
     trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=2, max_steps=STEPS, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False, callbacks=[Record()])
+                        use_distributed_sampler=False, callbacks=[Record()], gradient_clip_val=CLIP or None)
     trainer.fit(module, datamodule=dm)
     rank = trainer.global_rank
     wrapped = trainer.strategy.model
     row = {"rank": rank, "world": trainer.world_size, "strategy": type(trainer.strategy).__name__,
            "backend": torch.distributed.get_backend(), "seen": Record.seen,
-           "losses": [r["loss"] for r in module.step_losses], "trainable": trainable, "total": total}
+           "losses": [r["loss"] for r in module.step_losses], "trainable": trainable, "total": total,
+           "clip_norms": getattr(module, "norms", [])}
 
     # one probe input: the same on every rank
     probe = pad_collate(model.tokenizer.pad_token_id)([ds[3], ds[10]])
@@ -124,11 +147,11 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _run(tmp_path, strategy: str) -> list[dict]:
+def _run(tmp_path, strategy: str, clip: float = 0.0) -> list[dict]:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), strategy, str(tmp_path)], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(script), strategy, str(tmp_path), str(clip)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((tmp_path / f"{strategy}_rank{r}.json").read_text()) for r in (0, 1)]
@@ -136,8 +159,10 @@ def _run(tmp_path, strategy: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_fsdp_two_cpu_processes_shards_and_matches_ddp(tmp_path):
-    fsdp = _run(tmp_path, "fsdp")
-    ddp = _run(tmp_path, "ddp")
+    # both with the runner's default norm clipping (Stage.grad_clip = 1.0): DDP through Lightning's own clipping,
+    # FSDP through FullyShardedDataParallel.clip_grad_norm_ (the global norm over the shards)
+    fsdp = _run(tmp_path, "fsdp", clip=1.0)
+    ddp = _run(tmp_path, "ddp", clip=1.0)
     assert [r["world"] for r in fsdp] == [2, 2] and fsdp[0]["backend"] == "gloo"
     assert fsdp[0]["strategy"] == "CPUFSDPStrategy" and ddp[0]["strategy"] == "DDPStrategy"
 
@@ -165,6 +190,9 @@ def test_fsdp_two_cpu_processes_shards_and_matches_ddp(tmp_path):
         assert len(f["losses"]) == len(d["losses"]) == 3
         assert f["losses"] == pytest.approx(d["losses"], rel=1e-4, abs=1e-5)
     assert fsdp[0]["losses"][2] != pytest.approx(fsdp[0]["losses"][0], rel=1e-3)  # training moved the loss
+    # clipping was active (global norm above 1.0 at every step), and both ranks computed the same global norm
+    assert len(fsdp[0]["clip_norms"]) == 3 and min(fsdp[0]["clip_norms"]) > 1.0, fsdp[0]["clip_norms"]
+    assert fsdp[0]["clip_norms"] == pytest.approx(fsdp[1]["clip_norms"], rel=1e-6)
     # the sharded forward agrees across ranks and with DDP
     assert fsdp[0]["probe_logits"] == pytest.approx(fsdp[1]["probe_logits"], rel=1e-6)
     assert fsdp[0]["probe_logits"] == pytest.approx(ddp[0]["probe_logits"], rel=1e-4)
