@@ -298,7 +298,7 @@ def pa_llava(preset: str) -> Recipe:
         name="vqa_tuning", data=DataSpec(source="tiles", format="instruct", extra_closed=_by_preset(p, 4, 0, 0)),
         trainable=PROJECTOR_LORA,
         lr=_by_preset(p, 2e-3, 2e-4, 2e-4), projector_lr=_by_preset(p, 1e-3, 1e-4, 1e-4),
-        min_lr=_by_preset(p, 1e-5, 1e-6, 1e-6), epochs=_by_preset(p, 4, 3, 12),
+        min_lr=_by_preset(p, 1e-5, 1e-6, 1e-6), epochs=_by_preset(p, 6, 3, 12),
         batch_size=_by_preset(p, 16, 16, 6), grad_accum=_by_preset(p, 1, 2, 4),
         notes="pallava_instruction_tuning.py: 6/GPU x 4 accumulation x 16 GPUs = 384, 12 epochs, lr 2e-4 "
               "(projector x0.5 = 1e-4), cosine to 1e-6")

@@ -448,7 +448,9 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = 
             write_json(out_dir / "summary.json", summary)
             return summary
         summary["stages"][stage.name] = result
-    summary["train_seconds"] = round(time.perf_counter() - t_start, 2)
+    # every stage's own training time (a reused stage keeps the seconds it took), and this call's wall time
+    summary["train_seconds"] = round(sum(float(st.get("seconds") or 0.0) for st in summary["stages"].values()), 2)
+    summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     if evaluate and _is_rank_zero():
         if model is None:
             from pathkit.models.vlm import VisionLanguageModel
