@@ -72,8 +72,8 @@ def test_contrastive_stage_resumes_mid_epoch_with_the_uninterrupted_losses_and_w
     resumed = read_jsonl(killed_dir / "losses.jsonl")
     assert [r["step"] for r in resumed] == list(range(8))
     # steps 3 and 6 are the first after a restart: with optimiser moments, scheduler position, the rest of the
-    # epoch's shuffled batches (and the RNG) restored they match the uninterrupted run. Checked to fail when the
-    # data position is not restored (the resumed epoch then restarts at its first batch).
+    # epoch's shuffled batches and the RNG restored they match the uninterrupted run. Checked to fail when the data
+    # position is not restored (the resumed epoch restarts at its first batch) and when the RNG is not restored.
     for a, b in zip(expected, resumed):
         for key in ("loss", "loss_contrastive", "loss_itm", "temperature"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
