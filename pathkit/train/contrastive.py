@@ -10,14 +10,17 @@ reports. Both are :func:`train_clip`:
 
 ``train_clip`` writes ``out_dir/model/`` (:meth:`PathologyCLIP.save_pretrained`: ``image_encoder/`` loadable by
 ``load_encoder``, or ``slide_encoder/`` + ``slide_encoder.pt`` for slides; ``text_encoder/``; heads),
-``out_dir/losses.jsonl`` (one row per optimiser step), ``out_dir/logs/`` (Lightning CSV logs) and, last,
+``out_dir/losses.jsonl`` (one row per optimiser step), ``out_dir/logs/`` (Lightning CSV logs),
+``out_dir/checkpoints/last.ckpt`` (every ``checkpoint_every`` optimiser steps and at the end, renamed into place:
+``train_clip(..., resume=True)`` continues mid-epoch from it with the uninterrupted run's next loss) and, last,
 ``out_dir/metrics.json`` (held-out retrieval R@1/R@5 and zero-shot accuracy before and after training,
 samples/s). A folder with ``metrics.json`` is complete.
 
 Pieces, usable on their own: :class:`TileCaptionDataset` (A's synthetic tiles: ``metadata.jsonl`` rows with
 ``image``, ``caption``, ``label``), :class:`SlideReportDataset` (C's HDF5 features + the slide's report),
-:class:`PairDataModule`, :class:`ContrastiveModule` (loss, AdamW, cosine schedule with warm-up, logging of loss
-parts, temperature, ITM accuracy and samples/s) and :func:`evaluate_clip`.
+:class:`PairBatchSampler` (seeded per epoch, resumable), :class:`PairDataModule`, :class:`ContrastiveModule`
+(loss, AdamW, cosine schedule with warm-up, logging of loss parts, temperature, ITM accuracy and samples/s,
+RNG and loss history in checkpoints), :class:`LastCheckpoint` and :func:`evaluate_clip`.
 """
 
 from __future__ import annotations
