@@ -304,28 +304,33 @@ def plot(result: dict, path: Path) -> None:
         if "dedup" in result:
             d = result["dedup"]
             if "embed_only_previous_single_stream" in d:
-                names.append("embedding alone,\n1 stream x 2 threads")
+                names.append(f"embed alone\n1 stream x\n{d['torch_threads']} threads")
                 rates.append(d["embed_only_previous_single_stream"]["captions_per_s"])
                 colors.append("lightgrey")
-            names += [f"embedding alone,\n{d.get('embed_workers', 1)} workers (baseline)",
-                      f"whole dedup\nN={d['captions']:,}"]
+            names += [f"embed alone\n{d.get('embed_workers', 1)} workers\n(baseline)", f"whole dedup\nN={d['captions']:,}"]
             rates += [d["embed_only"]["captions_per_s"], d["dedup"]["captions_per_s"]]
             colors += ["grey", "tab:blue"]
+            if "embedding_captions_per_s_inside" in d["dedup"]:  # the same run's embedding rate (same load)
+                names.append(f"its embedding\n({d['dedup']['embedding_share_of_time']:.0%} of the run)")
+                rates.append(d["dedup"]["embedding_captions_per_s_inside"])
+                colors.append("tab:cyan")
         if "search" in result:
             sr = result["search"]
-            names.append(f"blocked search alone\nN={sr['vectors']:,}")
+            names.append(f"search alone\nN={sr['vectors']:,}" + ("\n(earlier run)" if "from_previous_run" in sr else ""))
             rates.append(sr["captions_per_s"])
             colors.append("tab:orange")
         axes[1].bar(names, rates, color=colors)
         axes[1].set_ylabel("captions / s")
+        axes[1].tick_params(axis="x", labelsize=8)
         axes[1].set_yscale("log")
         mem = []
         if "dedup" in result:
-            mem.append(f"dedup peak +{result['dedup']['dedup']['peak_rss_above_start_mib']:.0f} MiB")
+            mem.append(f"dedup peak +{result['dedup']['dedup']['peak_rss_above_start_mib']:.0f} MiB "
+                       f"(N x 384: {result['dedup']['embeddings_mib']:.0f} MiB)")
         if "search" in result:
             mem.append(f"search peak +{result['search']['peak_rss_above_start_mib']:.0f} MiB "
                        f"(N x 384: {result['search']['embeddings_mib']:.0f} MiB)")
-        axes[1].set_title(f"Deduplication on {result['machine']['cpu_count']} CPUs\n" + "; ".join(mem), fontsize=9)
+        axes[1].set_title(f"Deduplication on {result['machine']['cpu_count']} CPUs\n" + "\n".join(mem), fontsize=9)
         for i, r in enumerate(rates):
             axes[1].text(i, r, f"{r:,.0f}", ha="center", va="bottom")
     fig.tight_layout()

@@ -59,9 +59,10 @@ def caption_embedder(device: str = "cpu", batch_size: int = 32, backend: str = "
     carries almost no padding, embedded under ``torch.inference_mode`` and written back in input order.
     On CPU, ``workers`` Python threads (default: ``torch.get_num_threads()``, one per core) each run whole
     batches with ONE intra-op thread; torch releases the GIL inside its kernels, so the cores work on
-    different batches instead of splitting every small matmul. Measured on 2 busy cores: about 1.5x the
-    captions/s of one 2-thread batch stream, and 1.5-1.7x the captions per CPU-second (no spin-waiting at
-    barriers), see ``benchmarks/bench_instruct.py``. The intra-op thread count is restored after each call.
+    different batches instead of splitting every small matmul. Measured on 2 cores shared with other jobs
+    (load 4-6): 1.4-1.7x the captions/s of one stream of batches of 128 on 2 intra-op threads, and 1.4-1.8x
+    the captions per CPU-second (no spin-waiting at barriers); ``benchmarks/bench_instruct.py`` measures
+    both side by side. The intra-op thread count is restored after each call.
     It skips importing sentence-transformers (tens of seconds on a busy 2-core machine).
     ``backend="sentence-transformers"``: the reference, ``SentenceTransformer.encode``; the tests check both
     give the same vectors.
