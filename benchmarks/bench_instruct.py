@@ -5,8 +5,11 @@
    concurrency 1, 8, 32: items/s beside the ideal ``concurrency / latency``.
 2. Deduplication of N synthetic captions (default 20,000; ``--captions 100000`` for the full run) with planted
    exact and near copies: the whole ``dedup_captions`` (exact pass + MiniLM embeddings + blocked similarity
-   search) against its baseline, embedding alone on the same captions; plus the blocked search alone. Peak
-   memory (RSS above the level after loading the model) is compared with N x 384 float32.
+   search) against its baseline, embedding alone on the same captions (sampled before the run, and measured
+   inside it, which is robust to load swings on a shared machine), beside the previous embedder setup (one
+   stream of batches of 128 on all intra-op threads); plus the blocked search alone. Peak memory (RSS above
+   the level after loading the model) is compared with N x 384 float32; planted exact/near pairs found.
+   ``--merge`` keeps the sections of an existing output that a run skips (marked ``from_previous_run``).
 
 Writes ``figures/instruct.json`` and ``figures/instruct.png``. ``--device cuda`` embeds on a GPU.
 
