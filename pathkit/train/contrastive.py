@@ -399,7 +399,7 @@ class LastCheckpoint(L.Callback):
         import os
 
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, loops, data position
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("last_checkpoint")
