@@ -76,20 +76,36 @@ class CursorShape:
         return CursorShape(f"{self.name}@{scale}", grey, mask, (self.hotspot[0] * scale, self.hotspot[1] * scale))
 
 
-def resized_shape(shape: CursorShape, scale: float) -> CursorShape:
+def resized_shape(shape: CursorShape, scale: float, phase: tuple[float, float] = (0.0, 0.0)) -> CursorShape:
     """The pointer as it looks in a recording rescaled by ``scale`` (e.g. 0.67 for a 1080p screen in a
-    720p video): area-averaged, so the outline blurs into the fill. Integer scales stay pixel-exact."""
+    720p video): area-averaged, so the outline blurs into the fill. Integer scales stay pixel-exact.
+
+    ``phase`` (x, y), in pixels of the recording (0 to 1): where the pointer's top-left corner falls inside
+    the first pixel. After a fractional rescale the same pointer blurs differently at each sub-pixel position,
+    so a detector needs a few phases to match it everywhere. The hotspot is the pixel holding the centre of
+    the hotspot's source pixel.
+    """
     if float(scale).is_integer():
         return shape.scaled(int(scale))
     import cv2
 
+    up = 6  # nearest upsampling, so sub-pixel shifts of 1/6 source pixel are exact
     h, w = shape.grey.shape
-    size = (max(3, int(round(w * scale))), max(3, int(round(h * scale))))
-    m = cv2.resize(shape.mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    g = cv2.resize(shape.grey.astype(np.float32) * shape.mask, size, interpolation=cv2.INTER_AREA)
-    grey = np.clip(g / np.maximum(m, 1e-6), 0, 255).astype(np.uint8)
+    ox, oy = (int(round(p / scale * up)) for p in phase)
+    out_w, out_h = int(np.ceil((w + ox / up) * scale)), int(np.ceil((h + oy / up) * scale))
+    big_w, big_h = int(round(out_w / scale * up)), int(round(out_h / scale * up))
+    grey = np.zeros((big_h, big_w), np.float32)
+    mask = np.zeros((big_h, big_w), np.float32)
+    g = np.repeat(np.repeat(shape.grey.astype(np.float32) * shape.mask, up, 0), up, 1)[: big_h - oy, : big_w - ox]
+    m = np.repeat(np.repeat(shape.mask.astype(np.float32), up, 0), up, 1)[: big_h - oy, : big_w - ox]
+    grey[oy:oy + g.shape[0], ox:ox + g.shape[1]] = g
+    mask[oy:oy + m.shape[0], ox:ox + m.shape[1]] = m
+    m = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    g = cv2.resize(grey, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    out = np.clip(g / np.maximum(m, 1e-6), 0, 255).astype(np.uint8)
     hx, hy = shape.hotspot
-    return CursorShape(f"{shape.name}@{scale:g}", grey, m > 0.5, (int(round(hx * scale)), int(round(hy * scale))))
+    hotspot = (int(np.floor((hx + 0.5 + ox / up) * scale)), int(np.floor((hy + 0.5 + oy / up) * scale)))
+    return CursorShape(f"{shape.name}@{scale:g}", out, m > 0.5, hotspot)
 
 
 def _parse(art: str, name: str, hotspot: tuple[int, int]) -> CursorShape:
