@@ -141,7 +141,7 @@ def _callbacks(stage_dir: Path, checkpoint_every: int, stop_after_steps: int | N
 
         def _save(self, trainer) -> None:
             tmp = self.path.with_name(".last.ckpt.tmp")
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, loops, data position
             if trainer.is_global_zero:
                 os.replace(tmp, self.path)
             trainer.strategy.barrier("last_checkpoint")
