@@ -55,7 +55,7 @@ def plot_recipe_curves(out_dir: str | Path, png: str | Path | None = None, title
         names = list(scores)
         ax.bar(range(len(names)), [scores[n] for n in names], color="tab:green")
         ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.12)  # room for the value labels above a bar at 1.0
         for i, n in enumerate(names):
             ax.text(i, scores[n] + 0.02, f"{scores[n]:.2f}", ha="center", fontsize=8)
         if summary.get("yes_no_accuracy") is not None:
