@@ -4,8 +4,8 @@ Lightning 2.6 refuses ``Trainer(strategy="fsdp", accelerator="cpu")`` (its accel
 any ``FSDPStrategy`` whose type is exactly ``FSDPStrategy``), and ``FSDPStrategy._setup_model`` passes
 ``device_id=root_device.index``, which is ``None`` for a CPU device, so torch's FSDP looks for an accelerator and
 raises "FSDP needs a non-CPU accelerator device". torch's FSDP itself runs on CPU with gloo when given
-``device_id=torch.device("cpu")``, so the script uses a two-line subclass of Lightning's ``FSDPStrategy`` that
-passes it; everything else (full sharding, ``use_orig_params``, the optimiser set up on the sharded model, the
+``device_id=torch.device("cpu")``, so pathkit's ``make_strategy("fsdp", "cpu")`` returns a subclass of Lightning's
+``FSDPStrategy`` (``pathkit.train.strategies.CPUFSDPStrategy``) that passes it; everything else (full sharding, ``use_orig_params``, the optimiser set up on the sharded model, the
 full state dict gathered for saving) is Lightning's FSDP path unchanged.
 
 Two more CPU/FSDP facts the script works around (both in Lightning 2.6.6 / torch 2.13): Lightning's full state
@@ -13,8 +13,8 @@ dict gather (``lightning_module_state_dict``, ``save_checkpoint`` with ``state_d
 ``offload_to_cpu=True``, and torch's ``FlatParamHandle.to_cpu()`` on a flat parameter already on CPU moves nothing
 and then frees the unsharded storage the parameters still view: a segfault, so the script gathers with
 ``offload_to_cpu=False``. And ``FSDPPrecision`` refuses norm clipping (``gradient_clip_val`` with the default
-``"norm"`` raises MisconfigurationException, on GPU as well), so the FSDP module clips through
-``FullyShardedDataParallel.clip_grad_norm_``.
+``"norm"`` raises MisconfigurationException, on GPU as well), so ``VLMModule`` clips through
+``FullyShardedDataParallel.clip_grad_norm_`` when its model is sharded.
 
 One script runs both strategies with the same model, data, seed and norm clipping: ranks see disjoint data,
 parameters are really sharded (each rank holds half of the flat parameter), clipping sees the global norm, the
@@ -37,27 +37,15 @@ SCRIPT = textwrap.dedent('''
     import json, os, re, sys
     import lightning as L
     import torch
-    from lightning.pytorch.strategies import FSDPStrategy
     from pathkit.config import Config
     from pathkit.models.vlm import VisionLanguageModel
     from pathkit.train.data import ConversationDataset, VLMDataModule, pad_collate
     from pathkit.train.recipes import Stage
+    from pathkit.train.strategies import make_strategy
     from pathkit.train.vlm_module import VLMModule, count_trainable
 
     strategy_name, out, CLIP = sys.argv[1], sys.argv[2], float(sys.argv[3])
     STEPS = 3
-
-
-    class CPUFSDPStrategy(FSDPStrategy):
-        """Lightning's FSDPStrategy with device_id=cpu (Lightning passes None on CPU; torch then refuses)."""
-
-        def _setup_model(self, model):
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
-                                            mixed_precision=self.mixed_precision_config,
-                                            sharding_strategy=self.sharding_strategy,
-                                            device_id=torch.device("cpu"), **self.kwargs)
 
 
     cfg = Config.from_name("tiny").override({"llm.lora_r": 0})
@@ -75,19 +63,7 @@ SCRIPT = textwrap.dedent('''
     stage = Stage(name=strategy_name, trainable={"connector": True, "llm": True}, lr=1e-2, warmup_ratio=0.0)
 
 
-    class FSDPClippingVLMModule(VLMModule):
-        """Norm clipping under FSDP: Lightning's FSDPPrecision refuses gradient_clip_algorithm='norm' (a plain
-        clip_grad_norm_ would see only this rank's shard); FSDP's own clip_grad_norm_ uses the global norm."""
-
-        norms = []
-
-        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-            if gradient_clip_val:
-                self.norms.append(float(self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)))
-
-
-    module_cls = FSDPClippingVLMModule if strategy_name == "fsdp" and CLIP else VLMModule
-    module = module_cls(model, stage, total_steps=STEPS)
+    module = VLMModule(model, stage, total_steps=STEPS)  # clips by the global norm under FSDP too
     trainable, total = count_trainable(model)
 
 
@@ -99,7 +75,7 @@ SCRIPT = textwrap.dedent('''
                 self.seen.append(int(re.search(r"number (\\d+)", text).group(1)))
 
 
-    strategy = CPUFSDPStrategy() if strategy_name == "fsdp" else "ddp"
+    strategy = make_strategy(strategy_name, "cpu")  # fsdp on CPU: pathkit's CPUFSDPStrategy
     trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=2, max_steps=STEPS, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, callbacks=[Record()], gradient_clip_val=CLIP or None)
@@ -109,7 +85,7 @@ SCRIPT = textwrap.dedent('''
     row = {"rank": rank, "world": trainer.world_size, "strategy": type(trainer.strategy).__name__,
            "backend": torch.distributed.get_backend(), "seen": Record.seen,
            "losses": [r["loss"] for r in module.step_losses], "trainable": trainable, "total": total,
-           "clip_norms": getattr(module, "norms", [])}
+           "clip_norms": module.clip_norms}
 
     # one probe input: the same on every rank
     probe = pad_collate(model.tokenizer.pad_token_id)([ds[3], ds[10]])
@@ -214,3 +190,38 @@ def test_fsdp_two_cpu_processes_shards_and_matches_ddp(tmp_path):
     assert not torch.allclose(before, logits)
     assert logits.double().sum(-1).flatten().tolist() == pytest.approx(fsdp[0]["probe_logits"], rel=1e-5)
     torch.testing.assert_close(logits, ddp_logits, rtol=1e-4, atol=1e-4)
+
+
+def _train_cli(tmp_path, strategy: str):
+    out = tmp_path / strategy
+    cmd = [sys.executable, "-m", "pathkit.cli", "train", "quilt_llava", "--preset", "tiny", "--out", str(out),
+           "--data", str(tmp_path / "data"), "--no-progress", "--set", "*.max_steps=3", "--set", "*.batch_size=4",
+           "--set", f"train.strategy={strategy}", "--set", "train.devices=2", "--set", "train.accelerator=cpu",
+           "--set", "synthetic.tiles_per_class=6"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_pathkit_train_with_fsdp_matches_ddp_and_saves_whole_models(tmp_path):
+    """``pathkit train --set train.strategy=fsdp`` (2 CPU processes): both stages train with the DDP run's
+    per-step losses, each stage saves a whole (gathered) model the next stage and the evaluation load, and the
+    final models of the two runs give the same logits."""
+    from pathkit.io import read_json, read_jsonl
+    from pathkit.models.vlm import VisionLanguageModel
+
+    fsdp, ddp = _train_cli(tmp_path, "fsdp"), _train_cli(tmp_path, "ddp")
+    for stage in ("alignment", "instruct"):
+        f = [r["loss"] for r in read_jsonl(fsdp / stage / "losses.jsonl")]
+        d = [r["loss"] for r in read_jsonl(ddp / stage / "losses.jsonl")]
+        assert len(f) == len(d) == 3
+        assert f == pytest.approx(d, rel=1e-4, abs=1e-5), stage
+    assert read_json(fsdp / "summary.json")["n_closed"] > 0  # evaluated from the saved, unsharded model
+    models = [VisionLanguageModel.from_pretrained(run / "instruct" / "model").eval() for run in (fsdp, ddp)]
+    ids = models[0].tokenizer("<image>\nIs this tumor?", return_tensors="pt")["input_ids"]
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = [m(input_ids=ids, attention_mask=torch.ones_like(ids), images=image).logits for m in models]
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pathkit.io import PathkitError, write_json, write_jsonl
 from pathkit.models.clip import PathologyCLIP, build_clip, retrieval_metrics
+from pathkit.train.checkpointing import LastCheckpoint
 from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader
 from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
 
@@ -383,41 +384,6 @@ def clip_data(cfg, source: str, data_dir: str | Path, preprocess=None, seed: int
         ds = SlideReportDataset(records)
         return ds, ds, collate_slides, slide_class_prompts(sorted({r["diagnosis"] for r in records}))
     raise PathkitError(f"train_clip: source={source!r}: must be tiles or slides")
-
-
-class LastCheckpoint(L.Callback):
-    """``path`` (``last.ckpt``) every ``every`` optimiser steps and at the end, written under a temporary name and
-    renamed (never half-written); with ``stop_after_steps`` it saves and stops the run there (simulates a kill).
-
-    Mirrors the VLM runner's callback (:mod:`pathkit.train.runner`)."""
-
-    def __init__(self, path: str | Path, every: int, stop_after_steps: int | None = None):
-        self.path, self.every, self.stop_after_steps = Path(path), max(1, int(every)), stop_after_steps
-        self.saved_step = -1
-
-    def _save(self, trainer) -> None:
-        import os
-
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, loops, data position
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
-        trainer.strategy.barrier("last_checkpoint")
-        self.saved_step = trainer.global_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self.saved_step or step == 0:
-            return
-        stop = self.stop_after_steps is not None and step >= self.stop_after_steps
-        if stop or step % self.every == 0:
-            self._save(trainer)
-        if stop:
-            trainer.should_stop = True
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self.saved_step:
-            self._save(trainer)
 
 
 def _run_key(cfg, **settings: Any) -> str:

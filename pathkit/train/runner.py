@@ -128,41 +128,12 @@ def image_loader_for(model, cfg: Config):
 
 
 def _callbacks(stage_dir: Path, checkpoint_every: int, stop_after_steps: int | None):
-    import lightning as L
-
+    from pathkit.train.checkpointing import LastCheckpoint
     from pathkit.train.data import ConsumedBatches
 
-    class LastCheckpoint(L.Callback):
-        """``last.ckpt`` every n optimiser steps (atomically); optionally stop after ``stop_after_steps``."""
-
-        def __init__(self):
-            self.path = stage_dir / "checkpoints" / "last.ckpt"
-            self.saved_step = -1
-
-        def _save(self, trainer) -> None:
-            tmp = self.path.with_name(".last.ckpt.tmp")
-            trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, loops, data position
-            if trainer.is_global_zero:
-                os.replace(tmp, self.path)
-            trainer.strategy.barrier("last_checkpoint")
-            self.saved_step = trainer.global_step
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            step = trainer.global_step
-            if step == self.saved_step or step == 0:
-                return
-            stop = stop_after_steps is not None and step >= stop_after_steps
-            if stop or step % checkpoint_every == 0:
-                self._save(trainer)
-            if stop:
-                trainer.should_stop = True
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            if trainer.global_step != self.saved_step:
-                self._save(trainer)
-
     (stage_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return [ConsumedBatches(), LastCheckpoint()]
+    return [ConsumedBatches(), LastCheckpoint(stage_dir / "checkpoints" / "last.ckpt", checkpoint_every,
+                                              stop_after_steps)]
 
 
 def _loggers(stage_dir: Path):
@@ -180,11 +151,13 @@ def make_trainer(cfg: Config, stage: Stage, stage_dir: Path, total_steps: int, c
                  stop_after_steps: int | None, progress: bool):
     import lightning as L
 
+    from pathkit.train.strategies import make_strategy
+
     accelerator = cfg.train.accelerator
     return L.Trainer(
         max_epochs=stage.epochs, max_steps=total_steps, accumulate_grad_batches=stage.grad_accum,
         gradient_clip_val=stage.grad_clip or None, precision=precision_for(cfg), accelerator=accelerator,
-        devices=cfg.train.devices, strategy=cfg.train.strategy, logger=_loggers(stage_dir),
+        devices=cfg.train.devices, strategy=make_strategy(cfg.train.strategy, accelerator), logger=_loggers(stage_dir),
         callbacks=_callbacks(stage_dir, checkpoint_every, stop_after_steps), enable_checkpointing=False,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(cfg.train.log_every_n_steps, total_steps)),
@@ -228,9 +201,14 @@ def _median(values: list[float]) -> float | None:
 
 
 def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Path, stage_dir: Path,
-                  resume: bool, checkpoint_every: int, stop_after_steps: int | None, progress: bool):
-    """Fit one VLM stage; returns ``(model, stage summary)`` (summary None when stopped early)."""
+                  resume: bool, checkpoint_every: int, stop_after_steps: int | None, progress: bool,
+                  unsharded=None):
+    """Fit one VLM stage; returns ``(model, stage summary)`` (summary None when stopped early).
+
+    ``unsharded``: builds a fresh model of the same structure (needed under FSDP: the trained weights are
+    gathered into it for saving, since this rank's parameters are shards)."""
     from pathkit.train.data import ConversationDataset, VLMDataModule
+    from pathkit.train.strategies import full_state_dict, is_fsdp
     from pathkit.train.vlm_module import VLMModule
 
     records = stage_records(stage, cfg, data_dir)
@@ -258,11 +236,20 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
     summary = _stage_summary(module, stage, seconds, model)
     summary.update(total_steps=total_steps, epochs=stage.epochs, records=len(records),
                    resumed_from=str(ckpt) if ckpt else None)
+    to_save = model
+    if is_fsdp(trainer.strategy):  # this rank's parameters are shards: gather, load into an unsharded copy
+        state = full_state_dict(trainer.strategy.model)
+        if trainer.is_global_zero:
+            to_save = unsharded() if unsharded else build_vlm(cfg, recipe, stage, stage_dir.parent, None)
+            to_save.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+            to_save.trained_parts = set(model.trained_parts)  # what save_pretrained writes
     if trainer.is_global_zero:
         write_jsonl(stage_dir / "losses.jsonl", module.step_losses)  # the checkpoint's rows + this run's
-        _save_dir_atomically(model.save_pretrained, stage_dir / "model")
+        _save_dir_atomically(to_save.save_pretrained, stage_dir / "model")
         write_json(stage_dir / "stage_summary.json", summary)
     trainer.strategy.barrier("stage_saved")
+    if is_fsdp(trainer.strategy):
+        return None, summary  # sharded in place: the next stage (and the evaluation) reload the saved model
     return model, summary
 
 
@@ -435,12 +422,14 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = 
             from pathkit.train.contrastive_stage import run_contrastive_stage
 
             result = run_contrastive_stage(recipe, stage, scfg, data_dir, stage_dir, resume=resume,
-                                           progress=progress)
+                                           progress=progress, checkpoint_every=checkpoint_every,
+                                           stop_after_steps=stop_after_steps)
         else:
             if model is None:
                 model = build_vlm(scfg, recipe, stage, out_dir, previous_dir)
-            model, result = run_vlm_stage(model, recipe, stage, scfg, data_dir, stage_dir, resume,
-                                          checkpoint_every, stop_after_steps, progress)
+            model, result = run_vlm_stage(
+                model, recipe, stage, scfg, data_dir, stage_dir, resume, checkpoint_every, stop_after_steps,
+                progress, unsharded=lambda s=stage, c=scfg, p=previous_dir: build_vlm(c, recipe, s, out_dir, p))
             previous_dir = stage_dir / "model"
             final_cfg = scfg
         if result is None:

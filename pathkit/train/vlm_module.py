@@ -61,6 +61,7 @@ class VLMModule(L.LightningModule):
         self._acc_tokens = 0
         self._acc_loss: list[float] = []
         self.step_losses: list[dict[str, float]] = []  # one row per optimiser step
+        self.clip_norms: list[float] = []  # global gradient norms before clipping, under FSDP
         self.throughput: list[dict[str, float]] = []
 
     # --------------------------------------------------------------------------------------------- training
@@ -117,6 +118,21 @@ class VLMModule(L.LightningModule):
         self._acc_samples = self._acc_tokens = 0
         self._acc_loss = []
         self._t_last = now
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by the global gradient norm under every strategy. Under FSDP each rank holds a shard of every
+        gradient, so the norm comes from ``FullyShardedDataParallel.clip_grad_norm_`` (Lightning's FSDP precision
+        refuses norm clipping); otherwise Lightning's own clipping. FSDP norms are kept in ``clip_norms``."""
+        if not gradient_clip_val:
+            return
+        wrapped = self.trainer.strategy.model
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(wrapped, FullyShardedDataParallel):
+            self.clip_norms.append(float(wrapped.clip_grad_norm_(gradient_clip_val)))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     # --------------------------------------------------------------------------------------------- optimiser
 
