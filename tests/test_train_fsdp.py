@@ -32,6 +32,7 @@ import textwrap
 
 import pytest
 import torch
+from dist_helpers import RECORD_SEEN, TINY_VLM_DATA
 
 SCRIPT = textwrap.dedent('''
     import json, os, re, sys
@@ -48,18 +49,7 @@ SCRIPT = textwrap.dedent('''
     STEPS = 3
 
 
-    cfg = Config.from_name("tiny").override({"llm.lora_r": 0})
-    L.seed_everything(0, verbose=False)
-    model = VisionLanguageModel.from_config(cfg)
-    records = [{"id": str(i), "image": str(i), "conversations": [
-        {"from": "human", "value": f"<image>\\nIs sample number {i} tumor?"},
-        {"from": "gpt", "value": "yes" if i % 2 else "no"}]} for i in range(16)]
-
-    def load_image(path):  # a fixed random image per record
-        return torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(int(path)))
-
-    ds = ConversationDataset(records, model.tokenizer, "vicuna_v1", 128, load_image=load_image)
-    dm = VLMDataModule(ds, batch_size=2, pad_token_id=model.tokenizer.pad_token_id, seed=0)
+''') + TINY_VLM_DATA + textwrap.dedent('''
     stage = Stage(name=strategy_name, trainable={"connector": True, "llm": True}, lr=1e-2, warmup_ratio=0.0)
 
 
@@ -67,12 +57,7 @@ SCRIPT = textwrap.dedent('''
     trainable, total = count_trainable(model)
 
 
-    class Record(L.Callback):
-        seen = []
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            for row in batch["input_ids"]:
-                text = pl_module.model.tokenizer.decode(row, skip_special_tokens=True)
-                self.seen.append(int(re.search(r"number (\\d+)", text).group(1)))
+''') + RECORD_SEEN + textwrap.dedent('''
 
 
     strategy = make_strategy(strategy_name, "cpu")  # fsdp on CPU: pathkit's CPUFSDPStrategy

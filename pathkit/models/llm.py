@@ -39,11 +39,10 @@ TINY_SPECS = {
     # name: LlamaConfig sizes
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024),
-    "tiny-pretrained": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, max_position_embeddings=1024),
     "tiny-gpu": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
                      num_key_value_heads=4, max_position_embeddings=4096),
 }
+TINY_SPECS["tiny-pretrained"] = TINY_SPECS["tiny"]  # the same model, then text pre-training (tiny_pretrain)
 TINY_VOCAB_SIZE = 4096
 TINY_SEED = 1234
 TINY_BUILD_VERSION = 3  # bump when the tiny recipe changes: cached folders of another version are rebuilt

@@ -205,8 +205,8 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
                   unsharded=None):
     """Fit one VLM stage; returns ``(model, stage summary)`` (summary None when stopped early).
 
-    ``unsharded``: builds a fresh model of the same structure (needed under FSDP: the trained weights are
-    gathered into it for saving, since this rank's parameters are shards)."""
+    ``unsharded``: builds a fresh model of the same structure; required under FSDP, where this rank's
+    parameters are shards and the gathered weights are loaded into it for saving."""
     from pathkit.train.data import ConversationDataset, VLMDataModule
     from pathkit.train.strategies import full_state_dict, is_fsdp
     from pathkit.train.vlm_module import VLMModule
@@ -240,7 +240,7 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
     if is_fsdp(trainer.strategy):  # this rank's parameters are shards: gather, load into an unsharded copy
         state = full_state_dict(trainer.strategy.model)
         if trainer.is_global_zero:
-            to_save = unsharded() if unsharded else build_vlm(cfg, recipe, stage, stage_dir.parent, None)
+            to_save = unsharded()
             to_save.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
             to_save.trained_parts = set(model.trained_parts)  # what save_pretrained writes
     if trainer.is_global_zero:
