@@ -125,3 +125,24 @@ def test_pretrained_tiny_llm_answers_from_context_and_random_one_does_not():
         base = answer_from_context(random_init, tok, convs)
         assert acc >= floor, (kind, acc)
         assert base <= 0.6, (kind, base)  # chance: 0.5 and 0.25
+
+
+def test_a_corrupt_or_half_built_cache_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    """A build record that is unreadable JSON, or a folder without one (a build killed before its rename), is
+    never reused: the next call builds a complete folder."""
+    from pathkit.models import llm
+    from pathkit.models.tiny_pretrain import PretrainSpec
+
+    monkeypatch.setenv("PATHKIT_CACHE", str(tmp_path))
+    spec = PretrainSpec(conversations=100, steps=5, batch_size=4, warmup_steps=2)
+    monkeypatch.setattr(llm, "_pretrain_spec", lambda name: spec if name == "tiny-pretrained" else None)
+    folder = llm.tiny_llm_dir("tiny-pretrained", log=lambda line: None)
+    (folder / "pathkit_build.json").write_text("{not json")
+    (folder / "model.safetensors").write_bytes(b"truncated")
+    folder = llm.tiny_llm_dir("tiny-pretrained", log=lambda line: None)
+    assert json.loads((folder / "pathkit_build.json").read_text())["pretrain"]["steps"] == 5
+    model, _ = llm.load_llm("tiny-pretrained")  # loads: the truncated weights were replaced
+    assert sum(p.numel() for p in model.parameters()) > 0
+    (folder / "pathkit_build.json").unlink()
+    assert llm.tiny_llm_dir("tiny-pretrained", log=lambda line: None) == folder
+    assert (folder / "pathkit_build.json").exists()
