@@ -19,7 +19,6 @@ earlier run). A stage whose ``model/`` exists is skipped on restart; a stage wit
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -208,6 +207,7 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
     ``unsharded``: builds a fresh model of the same structure; required under FSDP, where this rank's
     parameters are shards and the gathered weights are loaded into it for saving."""
     from pathkit.train.data import ConversationDataset, VLMDataModule
+    from pathkit.train.schedule import optimizer_steps
     from pathkit.train.strategies import full_state_dict, is_fsdp
     from pathkit.train.vlm_module import VLMModule
 
@@ -218,9 +218,8 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
                                   load_image=image_loader_for(model, cfg))
     datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
                                seed=cfg.seed, num_workers=cfg.train.num_workers)
-    world = _world_size(cfg)
-    steps_per_epoch = math.ceil(datamodule.batches_per_epoch(world) / stage.grad_accum)
-    total_steps = stage.max_steps if stage.max_steps > 0 else steps_per_epoch * stage.epochs
+    total_steps = optimizer_steps(datamodule.batches_per_epoch(_world_size(cfg)), stage.epochs, stage.grad_accum,
+                                  stage.max_steps)
     module = VLMModule(model, stage, total_steps, loss_log=stage_dir / "losses.jsonl",
                        gradient_checkpointing=cfg.train.gradient_checkpointing)
     trainer = make_trainer(cfg, stage, stage_dir, total_steps, checkpoint_every, stop_after_steps, progress)
