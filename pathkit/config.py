@@ -410,7 +410,9 @@ class Config(ConfigBase):
                     raise ConfigError(f"Config.{key}={value!r}: no section {part!r}")
                 node = node[part]
             if parts[-1] not in node:
-                raise ConfigError(f"Config.{key}={value!r}: unknown field {parts[-1]!r}")
+                hint = ("; optimiser settings belong to each recipe stage: <stage>.<field> or '*.<field>'"
+                        if parts[0] == "train" else "")
+                raise ConfigError(f"Config.{key}={value!r}: unknown field {parts[-1]!r}{hint}")
             node[parts[-1]] = value
         return Config.from_dict(data)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pathkit.config import ConfigError, check_known_fields, dump_yaml
+from pathkit.config import Config, ConfigError, check_known_fields, dump_yaml
 
 KINDS = ("contrastive", "vlm")
 PARTS = ("vision", "connector", "llm", "lora", "slide_encoder", "text")
@@ -130,27 +130,27 @@ class Stage:
 
     def _check_read_by_kind(self, where: str) -> None:
         """Refuse settings that this kind of stage never reads (an override of them would change nothing)."""
-        unread = "is not read by a {} stage: {}"
+        unread = "{} stages never read it: {}"
         if self.kind == "contrastive":
             towers = CONTRASTIVE_PARTS.get(self.data.source, ())
             extra = sorted(p for p in self.trainable_parts if p not in towers)
             _need(not extra, f"{where}.trainable", self.trainable,
-                  unread.format("contrastive", f"{extra}; a {self.data.source} contrastive stage trains {towers}"))
+                  unread.format("contrastive", f"{extra}; on {self.data.source} they train {towers}"))
             _need(self.projector_lr is None, f"{where}.projector_lr", self.projector_lr,
-                  unread.format("contrastive", "it has no projector; set lr"))
+                  unread.format("contrastive", "they have no projector; set lr"))
             _need(not self.init_from, f"{where}.init_from", self.init_from,
-                  unread.format("contrastive", "its towers start from the Config's encoders"))
+                  unread.format("contrastive", "their towers start from the Config's encoders"))
             defaults = DataSpec(source=self.data.source, format="pairs")
             for name in ("format", "split", "template", "max_samples", "extra_closed"):
                 _need(getattr(self.data, name) == getattr(defaults, name), f"{where}.data.{name}",
                       getattr(self.data, name),
-                      unread.format("contrastive", f"it trains on the {self.data.source}' pairs "
+                      unread.format("contrastive", f"they train on every {self.data.source} pair "
                                     f"(keep {getattr(defaults, name)!r})"))
         else:
             _need(not self.trainable.get("text"), f"{where}.trainable.text", True,
                   unread.format("vlm", "the text tower belongs to contrastive stages"))
             _need(self.projector_lr is None or bool(self.trainable.get("connector")), f"{where}.projector_lr",
-                  self.projector_lr, unread.format("vlm", "the connector does not train in this stage"))
+                  self.projector_lr, unread.format("vlm", "when the connector does not train"))
 
     @property
     def trainable_parts(self) -> tuple[str, ...]:
@@ -191,6 +191,33 @@ class Recipe:
                 _need(source in names[:i], f"Stage[{stage.name}].init_from.{part}", source,
                       f"must name an earlier stage of {names[:i]}")
         self._check_vlm_parts()
+        self.check_config_keys(self.config, f"Recipe[{self.name}].config")
+        for stage in self.stages:
+            self.check_config_keys(stage.config, f"Stage[{stage.name}].config")
+
+    def unread_config_sections(self) -> tuple[str, ...]:
+        """Config sections that training this recipe never reads (videos and instruction generation always;
+        the slide encoder for image recipes; the CLIP towers without a contrastive stage)."""
+        unread = ["video", "instruct"]
+        if self.vision == "image":
+            unread += ["wsi", "longnet"]
+        if not any(s.kind == "contrastive" for s in self.stages):
+            unread += ["clip", "text_encoder"]
+        return tuple(unread)
+
+    def check_config_keys(self, changes: dict[str, Any], where: str = "override") -> None:
+        """Raise a ConfigError naming the first Config key in ``changes`` that is unknown or that this recipe
+        never reads (so ``--set longnet.depth=4`` on an image recipe is an error, not a silent no-op)."""
+        known = _config_fields()
+        unread = self.unread_config_sections()
+        for key in changes:
+            section, _, name = key.partition(".")
+            if section not in known or (name == "") != (known[section] is None) or (
+                    name and name not in known[section]):
+                raise ConfigError(f"{where}: {key!r} is not a Config field")
+            if section in unread:
+                raise ConfigError(f"{where}: {key!r} changes nothing: recipe {self.name} never reads "
+                                  f"Config.{section}")
 
     def _check_vlm_parts(self) -> None:
         """Refuse VLM-stage parts the model of this recipe does not have (training them would change nothing)."""
@@ -213,7 +240,8 @@ class Recipe:
         raise ConfigError(f"Recipe[{self.name}]: no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per stage (what trains, on what, how fast): for notebooks and reports."""
+        """One row per stage (what trains, on what, how fast; ``batch`` is per device x accumulation): for
+        notebooks and reports."""
         rows = []
         absent = {"text", "slide_encoder" if self.vision == "image" else "vision"}
         for s in self.stages:
@@ -222,7 +250,9 @@ class Recipe:
                          "frozen": ", ".join(p for p in PARTS if not s.trainable.get(p) and p not in absent),
                          "init_from": ", ".join(f"{k}<-{v}" for k, v in s.init_from.items()) or "-",
                          "lr": s.lr, "projector_lr": s.projector_lr or s.lr, "epochs": s.epochs,
-                         "batch": f"{s.batch_size}x{s.grad_accum}"})
+                         "batch": f"{s.batch_size}x{s.grad_accum}",
+                         "schedule": f"warm-up {s.warmup_ratio:.0%}, cosine to {s.min_lr:g}",
+                         "weight_decay": s.weight_decay})
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +299,20 @@ class Recipe:
                     raise ConfigError(f"Recipe[{self.name}] override {key!r}: unknown field {parts[-1]!r}")
                 node[parts[-1]] = value
         return Recipe.from_dict(data)
+
+
+_CONFIG_FIELDS: dict[str, set[str] | None] = {}
+
+
+def _config_fields() -> dict[str, set[str] | None]:
+    """Config's sections and their field names (None for a top-level scalar such as ``seed``)."""
+    if not _CONFIG_FIELDS:
+        cfg = Config()
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            _CONFIG_FIELDS[f.name] = {g.name for g in fields(value)} if hasattr(value, "__dataclass_fields__") \
+                else None
+    return _CONFIG_FIELDS
 
 
 def _need(cond: bool, where: str, value: Any, why: str) -> None:
