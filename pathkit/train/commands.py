@@ -11,7 +11,8 @@ def train_command(
     recipe: str = typer.Argument(..., help="quilt_llava, pa_llava, wsi_llava, huatuo_vision, or a recipe YAML file"),
     preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), gpu (one GPU) or paper"),
     set_: list[str] = typer.Option(None, "--set", help="override: a Config field (train.strategy=ddp, "
-                                   "llm.lora_r=8) or a stage field (<stage>.lr=1e-4, *.epochs=1)"),
+                                   "llm.lora_r=8) or a stage field (<stage>.lr=1e-4, <stage>.grad_accum=4, "
+                                   "*.epochs=1); a key that nothing reads is an error"),
     out: Path = typer.Option(..., "--out", help="output folder: stages, checkpoints, logs, summary.json"),
     data: Path = typer.Option(None, "--data", help="workdir with synthetic/ and wsi/ data (default: --out)"),
     no_resume: bool = typer.Option(False, "--no-resume", help="start every stage from scratch"),
