@@ -132,7 +132,7 @@ class Stage:
         """Refuse settings that this kind of stage never reads (an override of them would change nothing)."""
         unread = "{} stages never read it: {}"
         if self.kind == "contrastive":
-            towers = CONTRASTIVE_PARTS.get(self.data.source, ())
+            towers = CONTRASTIVE_PARTS.get(self.data.source, ("vision", "slide_encoder", "text"))
             extra = sorted(p for p in self.trainable_parts if p not in towers)
             _need(not extra, f"{where}.trainable", self.trainable,
                   unread.format("contrastive", f"{extra}; on {self.data.source} they train {towers}"))
@@ -231,7 +231,7 @@ class Recipe:
             for part, source in stage.init_from.items():
                 _need(k == 0 and part == tower and self.stage(source).kind == "contrastive",
                       f"Stage[{stage.name}].init_from.{part}", source,
-                      f"is not read: only the first VLM stage loads its {tower} from a contrastive stage")
+                      f"never read: only the first VLM stage loads its {tower}, from a contrastive stage")
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
