@@ -227,3 +227,72 @@ def test_old_pathkit_file_with_root_attrs_only(tmp_path, grid):
     got, feats, read = read_features(tmp_path / "old.h5")
     assert read["format"] == "pathkit" and read["patch_size_level0"] == 512
     assert is_complete(tmp_path / "old.h5", need_features=True, encoder="e")
+
+
+# ------------------------------------------------------------------------------ pathkit extract on their coords
+
+
+@pytest.fixture(scope="module")
+def extract_setup(tmp_path_factory):
+    """One 0.25 mpp (40x) slide; pathkit's own tiles at 0.25 and 0.5 mpp; CLAM and TRIDENT coords files for the
+    same tiles, written in their layouts without any slide path."""
+    from pathkit.synthetic.slides import write_slide
+    from pathkit.wsi.pipeline import tile_slide
+
+    root = tmp_path_factory.mktemp("foreign")
+    slides = root / "slides"
+    write_slide(slides / "case7.svs", 2048, 1536, mpp=0.25, seed=7, fmt="svs")
+    (slides / "case7.truth.json").unlink(missing_ok=True)
+    own_l0, _ = tile_slide(slides / "case7.svs", root / "own_l0", mpp=0.25, size=256, min_tissue=0.05, figure=False)
+    own_20x, _ = tile_slide(slides / "case7.svs", root / "own_20x", mpp=0.5, size=256, min_tissue=0.05,
+                            figure=False)
+    clam = root / "clam" / "patches"
+    clam.mkdir(parents=True)
+    _clam_coords(clam / "case7.h5", read_features(own_l0)[0][:6], patch_size=256, patch_level=0,
+                 downsample=(1.0, 1.0), name="case7")
+    trident = root / "trident" / "20x_256px_0px_overlap" / "patches"
+    trident.mkdir(parents=True)
+    _trident_save(trident / "case7_patches.h5", {"coords": read_features(own_20x)[0][:6]},
+                  {"coords": _trident_attrs(patch_size=256, src_mag=40, dst_mag=20, name="case7")})
+    return root, slides, own_l0, own_20x, clam, trident
+
+
+@pytest.mark.parametrize("tool", ["clam", "trident"])
+def test_extract_reads_their_coords_files_with_slides_dir(extract_setup, tmp_path, tool, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pathkit.cli import app
+
+    monkeypatch.setenv("PATHKIT_CACHE", str(tmp_path / "cache"))
+    root, slides, own_l0, own_20x, clam, trident = extract_setup
+    source, own = (clam, own_l0) if tool == "clam" else (trident, own_20x)
+    runner = CliRunner()
+    result = runner.invoke(app, ["extract", str(source), "--encoder", "tiny", "--out", str(tmp_path / "f"),
+                                 "--workers", "0", "--slides", str(slides)])
+    assert result.exit_code == 0, result.output
+    out = next((tmp_path / "f").glob("*.h5"))
+    coords, feats, attrs = read_features(out)
+    n = min(6, len(read_features(own)[0]))
+    assert attrs["format"] == "pathkit" and attrs["slide"] == "case7.svs" and len(coords) == n > 2
+    # the same tiles through pathkit's own coords file give the same features
+    ref = runner.invoke(app, ["extract", str(own), "--encoder", "tiny", "--out", str(tmp_path / "ref"),
+                              "--workers", "0"])
+    assert ref.exit_code == 0, ref.output
+    ref_coords, ref_feats, ref_attrs = read_features(tmp_path / "ref" / own.name)
+    assert np.array_equal(ref_coords[:n], coords)
+    assert np.allclose(ref_feats[:n], feats, atol=1e-5)
+    for key in ("patch_size_level0", "level", "read_size", "mpp"):
+        assert attrs[key] == pytest.approx(ref_attrs[key]), key
+    assert is_complete(out, need_features=True, encoder="tiny")
+
+
+def test_extract_of_their_coords_without_slides_dir_says_how(extract_setup, tmp_path):
+    from pathkit.wsi.pipeline import extract_features
+
+    root, slides, _, _, clam, _ = extract_setup
+    summary = extract_features(clam, "tiny", tmp_path / "f", workers=0, progress=False)
+    assert len(summary.failed) == 1
+    reason = summary.failed[0]["reason"]
+    assert "case7.h5" in reason and "--slides" in reason and "\n" not in reason
+    summary = extract_features(clam, "tiny", tmp_path / "g", workers=0, progress=False, slides_dir=root)
+    assert "no slide named 'case7'" in summary.failed[0]["reason"]

@@ -56,7 +56,7 @@ def write_features(path: str | Path, coords: np.ndarray, attrs: dict[str, Any],
             raise PathkitError(f"{path}: features shape {features.shape} does not match {len(coords)} coords")
         if "encoder" not in attrs:
             raise PathkitError(f"{path}: features need the 'encoder' attribute")
-    attrs = {k: v for k, v in attrs.items() if v is not None}
+    attrs = {k: v for k, v in attrs.items() if v is not None and k != "format"}  # format: what read_features saw
     attrs.update(_trident_attrs(attrs))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
