@@ -119,6 +119,9 @@ def _image(where: str, value: Any, image_root: Path | None, image_dir: Path | No
     path = Path(str(value))
     if image_root is not None and not path.is_absolute():
         path = Path(image_root) / path
+    if not path.suffix and not path.exists():  # PathVQA's pickle (and Quilt's JSON from it) names images bare
+        path = next((path.with_name(path.name + s) for s in (".jpg", ".jpeg", ".png")
+                     if path.with_name(path.name + s).is_file()), path)
     return str(path)
 
 
