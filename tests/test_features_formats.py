@@ -296,3 +296,22 @@ def test_extract_of_their_coords_without_slides_dir_says_how(extract_setup, tmp_
     assert "case7.h5" in reason and "--slides" in reason and "\n" not in reason
     summary = extract_features(clam, "tiny", tmp_path / "g", workers=0, progress=False, slides_dir=root)
     assert "no slide named 'case7'" in summary.failed[0]["reason"]
+
+
+def test_slidechat_csv_with_patch_names_or_without_header(tmp_path):
+    feats = RNG.standard_normal((4, 512)).astype(np.float32)
+    frame = pd.DataFrame(feats)
+    frame["patch_name"] = [f"p{i}.jpg" for i in range(4)]  # BCNB rows end with the patch's file name
+    frame.to_csv(tmp_path / "bcnb.csv", index=False, float_format="%.4f")
+    assert np.allclose(read_features(tmp_path / "bcnb.csv")[1], feats, atol=1e-4)
+    pd.DataFrame(feats).to_csv(tmp_path / "nohead.csv", index=False, header=False, float_format="%.4f")
+    got = read_features(tmp_path / "nohead.csv")[1]
+    assert got.shape == (4, 512) and np.allclose(got, feats, atol=1e-4)
+
+
+def test_trident_slide_embedding_is_named_as_such(tmp_path, grid):
+    coords, _ = grid
+    _trident_save(tmp_path / "slide.h5", {"features": np.zeros(768, np.float32), "coords": coords},
+                  {"coords": _trident_attrs()})
+    with pytest.raises(PathkitError, match="slide.h5: dataset 'features' is one vector of 768 .a slide embedding"):
+        read_features(tmp_path / "slide.h5")

@@ -408,6 +408,9 @@ def import_data(fmt_name: str, src: str | Path, out: str | Path, image_folder: s
     if train:
         write_json(out / "train.json", train)
         summary.counts["train.json"] = len(train)
+    for stale in [*out.glob("questions*.jsonl"), out / "train.json"]:  # an earlier import's, not this one's
+        if stale.name not in summary.counts:
+            stale.unlink(missing_ok=True)
     write_json(out / "summary.json", {"format": key, "source": str(src), "counts": dict(summary.counts),
                                       "images": summary.images, "bad_rows": len(summary.failed)})
     return summary

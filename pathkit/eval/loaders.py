@@ -80,11 +80,14 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            batches = pq.ParquetFile(path).iter_batches(batch_size=256)  # a few images in memory at a time
         except Exception as err:
             raise PathkitError(f"{path}: cannot read parquet ({err})") from err
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{path}[row {i}]", row
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{path}[row {i}]", row
+                i += 1
     else:
         raise PathkitError(f"{path}: unsupported file type {suffix!r} (json, jsonl, csv, parquet)")
 

@@ -176,11 +176,19 @@ def _read_pt(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, dict[str
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray | None, np.ndarray, dict[str, Any]]:
-    """SlideChat / DSMIL: ``pandas.DataFrame(feats).to_csv(index=False)``, columns named 0..D-1."""
+    """SlideChat / DSMIL: ``pandas.DataFrame(feats).to_csv(index=False)``, columns named 0..D-1.
+
+    SlideChat's readers take the first 512 columns, because some of its files (BCNB) end each row with the
+    patch's file name; columns not named by a number are not features. A file without a header row is read too.
+    """
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = [t.strip() for t in fh.readline().split(",")]
+        headerless = all(_is_number(t) for t in first) and not all(re.fullmatch(r"\d+", t) for t in first)
+        frame = pd.read_csv(path, header=None if headerless else "infer")  # headerless: row 1 holds numbers
+        frame.columns = [str(c) for c in frame.columns]
     except Exception as err:
         raise PathkitError(f"{path}: cannot read CSV ({str(err).splitlines()[0]})") from err
     numbered = [c for c in frame.columns if re.fullmatch(r"\d+", str(c).strip())]
@@ -195,6 +203,14 @@ def _read_csv(path: Path) -> tuple[np.ndarray | None, np.ndarray, dict[str, Any]
     if "x" in lower and "y" in lower:  # some exports add the patch position; DSMIL's own files have none
         coords = frame[[lower["x"], lower["y"]]].to_numpy(dtype=np.int64)
     return coords, features, {"format": "slidechat-csv", "slide": path.stem}
+
+
+def _is_number(text: Any) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def _patch_size_level0(attrs: dict[str, Any]) -> int | None:
@@ -235,6 +251,9 @@ def _squeeze_batch(array: np.ndarray, ndim: int, path: Path, name: str) -> np.nd
     """(1, N, D) -> (N, D): TITAN's demo files and some ``.pt`` exports keep a batch axis of one."""
     while array.ndim > ndim and array.shape[0] == 1:
         array = array[0]
+    if name == "features" and array.ndim == 1:
+        raise PathkitError(f"{path}: dataset 'features' is one vector of {array.shape[0]} (a slide embedding, "
+                           "as TRIDENT's slide encoders write), not one row per tile")
     if array.ndim != ndim:
         raise PathkitError(f"{path}: dataset '{name}' has shape {array.shape}; expected {ndim} dimensions")
     if name == "coords" and array.shape[1] != 2:
