@@ -283,6 +283,8 @@ def test_llava_validate_and_copy(tmp_path):
     src = tmp_path / "train_llava.json"
     src.write_text(json.dumps(records))
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "questions.jsonl").write_text("{}\n")  # an earlier import's output that this one does not write
     result = CliRunner().invoke(app, ["data", "import", "llava", str(src), "--out", str(out), "--image-folder",
                                       str(tmp_path / "imgs")])
     assert result.exit_code == 1, result.output  # some rows bad: listed, the rest imported
@@ -290,7 +292,7 @@ def test_llava_validate_and_copy(tmp_path):
     train = read_json(out / "train.json")
     assert [r["id"] for r in train] == ["r1", "r2", "r3"] and train[0]["source"] == "x"
     assert train[1]["image"] == ["images/a.jpg", "images/b.png"] and "image" not in train[2]
-    assert validate_llava_file(out / "train.json") == 3
+    assert validate_llava_file(out / "train.json") == 3 and not (out / "questions.jsonl").exists()
     reasons = _reasons(out)
     assert "train_llava.json[3] (id='r4'): conversations: 0 <image> token(s) for 1 image(s)" in reasons[0]
     assert "train_llava.json[4]" in reasons[1] and "field 'id' 'r1' repeats" in reasons[1]
