@@ -315,3 +315,20 @@ def test_trident_slide_embedding_is_named_as_such(tmp_path, grid):
                   {"coords": _trident_attrs()})
     with pytest.raises(PathkitError, match="slide.h5: dataset 'features' is one vector of 768 .a slide embedding"):
         read_features(tmp_path / "slide.h5")
+
+
+def test_extract_trident_coords_on_a_slide_without_mpp_uses_its_magnification(tmp_path, monkeypatch):
+    from pathkit.synthetic.slides import write_slide
+    from pathkit.wsi.pipeline import extract_features
+
+    monkeypatch.setenv("PATHKIT_CACHE", str(tmp_path / "cache"))
+    write_slide(tmp_path / "slides" / "nompp.tiff", 1024, 1024, seed=3, record_mpp=False)
+    (tmp_path / "coords").mkdir()
+    coords = np.array([[0, 0], [512, 0], [0, 512]], dtype=np.int64)
+    _trident_save(tmp_path / "coords" / "nompp_patches.h5", {"coords": coords},
+                  {"coords": _trident_attrs(patch_size=256, src_mag=40, dst_mag=20, name="nompp")})
+    summary = extract_features(tmp_path / "coords", "tiny", tmp_path / "f", workers=0, progress=False,
+                               slides_dir=tmp_path / "slides")
+    assert not summary.failed, summary.failed
+    _, feats, attrs = read_features(tmp_path / "f" / "nompp_patches.h5")
+    assert attrs["slide_mpp"] == 0.25 and attrs["mpp"] == 0.5 and feats.shape[0] == 3  # 10 / 40x, 10 / 20x

@@ -243,11 +243,11 @@ def tile_source(coords_file: str | Path, attrs: dict[str, Any], slides_dir: str 
         raise PathkitError(f"{coords_file}: a {attrs.get('format', 'foreign')} coords file names no slide file; "
                            f"pass --slides DIR holding {name}.<svs|tiff|...>")
     slide_path = find_slide(slides_dir, name, coords_file)
-    if slide_mpp is None and attrs.get("level0_magnification"):  # TRIDENT's convention: mpp = 10 / magnification
-        slide_mpp = None if _has_mpp(slide_path) else 10.0 / float(attrs["level0_magnification"])
     size = int(attrs.get("patch_size") or attrs["patch_size_level0"])
     overlap = int(attrs.get("overlap") or 0)
-    with Slide(slide_path, slide_mpp=slide_mpp) as slide:
+    with Slide(slide_path, slide_mpp=slide_mpp, require_mpp=False) as slide:
+        if slide.mpp is None and attrs.get("level0_magnification"):  # TRIDENT's convention: 10 / magnification
+            slide.mpp = 10.0 / float(attrs["level0_magnification"])
         footprint = int(attrs["patch_size_level0"])
         stride = footprint - int(round(overlap * footprint / size))
         plan = plan_for_footprint(slide, footprint, size, stride_level0=stride)
@@ -265,13 +265,6 @@ def find_slide(slides_dir: str | Path, name: str, coords_file: str | Path) -> Pa
         raise PathkitError(f"{coords_file}: no slide named {name!r} in {slides_dir} (looked for "
                            f"{name}.<{'|'.join(s.lstrip('.') for s in SLIDE_SUFFIXES[:4])}|...>)")
     return found[0]
-
-
-def _has_mpp(slide_path: Path) -> bool:
-    from pathkit.wsi.slide import Slide
-
-    with Slide(slide_path, require_mpp=False) as slide:
-        return slide.mpp is not None
 
 
 def _coords_files(source: str | Path | list) -> list[Path]:
