@@ -332,3 +332,13 @@ def test_extract_trident_coords_on_a_slide_without_mpp_uses_its_magnification(tm
     assert not summary.failed, summary.failed
     _, feats, attrs = read_features(tmp_path / "f" / "nompp_patches.h5")
     assert attrs["slide_mpp"] == 0.25 and attrs["mpp"] == 0.5 and feats.shape[0] == 3  # 10 / 40x, 10 / 20x
+
+
+def test_eval_reads_pt_and_csv_slides_without_coords(tmp_path):
+    from pathkit.eval.answers import load_visual
+
+    torch.save(torch.ones(576, 1024), tmp_path / "s.pt")
+    pd.DataFrame(np.ones((3, 512), np.float32)).to_csv(tmp_path / "s.csv", index=False)
+    for name, shape in (("s.pt", (576, 1024)), ("s.csv", (3, 512))):
+        kind, (feats, coords) = load_visual(tmp_path / name)
+        assert kind == "slide" and tuple(feats.shape) == shape and coords is None
