@@ -157,6 +157,7 @@ def test_wsi_bench_pt_tensor(tmp_path):
     assert attrs["slide"] == "0a1b2c3d"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pt_that_needs_arbitrary_code_is_refused(tmp_path):
     import pickle
 

@@ -99,7 +99,7 @@ class ImportSummary:
 
 def split_of(path: Path, default: str) -> str:
     """train / validation / test from the file's name or its folders (HF: ``data/test-00000-of-00001.parquet``)."""
-    for part in [path.stem, *(p.name for p in path.parents)][:4]:
+    for part in [path.stem, *(p.name for p in path.parents)][:3]:  # HF: default/train/0000.parquet
         for word in re.split(r"[^a-z]+", part.lower()):
             if word in SPLIT_WORDS:
                 return SPLIT_WORDS[word]
