@@ -387,13 +387,13 @@ def import_data(fmt_name: str, src: str | Path, out: str | Path, image_folder: s
                 train.append(_import_record(where, row.record, store, roots, seen_ids, f"{key}-{i}"))
             else:
                 q = dict(row.question)
+                _claim_id(seen_ids, ("r" if row.split == "train" else "q", q["question_id"]), where)
                 if q.get("image") not in (None, ""):
                     q["image"] = store.add(where, q["image"], f"{key}_{row.split}_{i}", roots)
-                name = "questions.jsonl" if row.split == "test" else f"questions_{row.split}.jsonl"
                 if row.split == "train":
-                    train.append(_as_llava(q, seen_ids, where))
+                    train.append(_as_llava(q))
                 else:
-                    _claim_id(seen_ids, ("q", q["question_id"]), where)
+                    name = "questions.jsonl" if row.split == "test" else f"questions_{row.split}.jsonl"
                     questions.setdefault(name, []).append(q)
         except (PathkitError, OSError) as err:
             failures.add(where, err)
@@ -435,9 +435,8 @@ def _import_record(where: str, rec: dict[str, Any], store: ImageStore, roots: li
     return rec
 
 
-def _as_llava(q: dict[str, Any], seen: dict, where: str) -> dict[str, Any]:
+def _as_llava(q: dict[str, Any]) -> dict[str, Any]:
     """A training question as a LLaVA record: the question (with its suffix) and the expected answer."""
-    _claim_id(seen, ("r", q["question_id"]), where)
     human = f"{IMAGE_TOKEN}\n{q['text']}" if q.get("image") else q["text"]
     rec = {"id": q["question_id"], "conversations": [{"from": "human", "value": human},
                                                      {"from": "gpt", "value": str(q["answer"])}],
