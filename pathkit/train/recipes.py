@@ -61,8 +61,8 @@ class DataSpec:
         _need(self.extra_closed >= 0, "DataSpec.extra_closed", self.extra_closed, "must be >= 0")
         _need(self.source in SOURCES, "DataSpec.source", self.source, f"must be one of {SOURCES}")
         _need(self.format in FORMATS, "DataSpec.format", self.format, f"must be one of {FORMATS}")
-        _need(self.template in (None, "plain", "vicuna_v1", "llama3", "huatuo"), "DataSpec.template",
-              self.template, "must be plain, vicuna_v1, llama3, huatuo or None")
+        _need(self.template in (None, "plain", "vicuna_v1", "llama3", "huatuo", "qwen2"), "DataSpec.template",
+              self.template, "must be plain, vicuna_v1, llama3, huatuo, qwen2 or None")
 
 
 @dataclass
@@ -94,6 +94,9 @@ class Stage:
     grad_accum: int = 1
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     max_length: int | None = None  # None = cfg.llm.max_length (contrastive: cfg.text_encoder.max_length)
+    # > 0: hold out this fraction of the stage's training images (by image, deterministic) and keep the weights of
+    # the epoch with the lowest validation loss, as a user selects a checkpoint, instead of the last step's
+    val_fraction: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)  # Config overrides for this stage only
     notes: str = ""
 
@@ -103,7 +106,7 @@ class Stage:
             self.data = DataSpec(**self.data)
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
-        for name in ("lr", "projector_lr", "min_lr", "weight_decay", "warmup_ratio", "grad_clip"):
+        for name in ("lr", "projector_lr", "min_lr", "weight_decay", "warmup_ratio", "grad_clip", "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, (int, str)) and not isinstance(value, bool):
                 setattr(self, name, float(value))
@@ -122,6 +125,7 @@ class Stage:
         _need(self.epochs >= 1, f"{where}.epochs", self.epochs, "must be >= 1")
         _need(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "must be >= 1")
         _need(self.grad_accum >= 1, f"{where}.grad_accum", self.grad_accum, "must be >= 1")
+        _need(0 <= self.val_fraction < 0.5, f"{where}.val_fraction", self.val_fraction, "must be in [0, 0.5)")
         _need(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "must be >= 0")
         _need(self.grad_clip >= 0, f"{where}.grad_clip", self.grad_clip, "must be >= 0 (0 = no clipping)")
         _need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas", self.betas,
@@ -140,6 +144,8 @@ class Stage:
                   unread.format("contrastive", "they have no projector; set lr"))
             _need(not self.init_from, f"{where}.init_from", self.init_from,
                   unread.format("contrastive", "their towers start from the Config's encoders"))
+            _need(self.val_fraction == 0, f"{where}.val_fraction", self.val_fraction,
+                  unread.format("contrastive", "they report held-out retrieval instead"))
             defaults = DataSpec(source=self.data.source, format="pairs")
             for name in ("format", "split", "template", "max_samples", "extra_closed"):
                 _need(getattr(self.data, name) == getattr(defaults, name), f"{where}.data.{name}",
