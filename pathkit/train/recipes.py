@@ -59,8 +59,8 @@ class DataSpec:
         _need(self.extra_closed >= 0, "DataSpec.extra_closed", self.extra_closed, "must be >= 0")
         _need(self.source in SOURCES, "DataSpec.source", self.source, f"must be one of {SOURCES}")
         _need(self.format in FORMATS, "DataSpec.format", self.format, f"must be one of {FORMATS}")
-        _need(self.template in (None, "plain", "vicuna_v1", "llama3", "huatuo"), "DataSpec.template",
-              self.template, "must be plain, vicuna_v1, llama3, huatuo or None")
+        _need(self.template in (None, "plain", "vicuna_v1", "llama3", "huatuo", "qwen2"), "DataSpec.template",
+              self.template, "must be plain, vicuna_v1, llama3, huatuo, qwen2 or None")
 
 
 @dataclass
