@@ -311,3 +311,14 @@ def test_llm_judge_runs_against_a_served_text_model(tmp_path):
         srv.should_exit = True
         thread.join(timeout=10)
         engine.close()
+
+
+def test_sampling_is_reproducible_with_a_seed(client):
+    image = _data_url(_images()[3])
+    first, second = (_ask(client, image, QUESTIONS[3], temperature=1.0, top_p=0.9, seed=7, max_tokens=16)
+                     .choices[0].message.content for _ in range(2))
+    assert first == second
+    greedy = _ask(client, image, QUESTIONS[3], max_tokens=16).choices[0].message.content
+    others = {_ask(client, image, QUESTIONS[3], temperature=1.0, seed=s, max_tokens=16).choices[0].message.content
+              for s in range(3)}
+    assert others != {greedy}  # it does sample
