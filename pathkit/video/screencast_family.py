@@ -1,0 +1,100 @@
+"""The real-screencast family: which X cursor themes, sizes and colours are recorded, and which are held out.
+
+The pointer detector is trained on pathkit's own procedural drawings only; no theme below was used to train
+it. Its thresholds were set before any recording, and the ``dev`` clips (the classic white DMZ arrow and hand,
+the pointers the old template detector was built for) are the only ones looked at while changing the tracker.
+Every other clip is ``heldout``: reported separately, never tuned on.
+
+Each clip is a ~10 s lecture (:func:`pathkit.video.lecture_script.demo_lecture`, its own seed) recorded
+live by :func:`pathkit.video.screencast.record_screencast`, then delivered as x264 (CRF 28), optionally
+downscaled from a larger screen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pathkit.video.screencast import PointerStyle
+
+YELLOW = "pathkit-yellow"  # DMZ-White's cursors with a yellow fill, built with xcursorgen (recoloured_theme)
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    style: PointerStyle
+    split: str  # "dev" | "heldout"
+    capture: tuple[int, int] = (640, 360)
+    scale: float = 1.0  # delivered size = capture * scale
+    webcam: bool = False
+    seed: int = 0
+    crf: int = 28
+
+
+FAMILY: tuple[Clip, ...] = (
+    Clip("dmz-white-24", PointerStyle("DMZ-White", 24), "dev", seed=1),
+    Clip("dmz-white-24-hand", PointerStyle("DMZ-White", 24, "hand2"), "dev", seed=2),
+    Clip("dmz-black-32", PointerStyle("DMZ-Black", 32), "heldout", seed=3, webcam=True),
+    Clip("adwaita-24", PointerStyle("Adwaita", 24), "heldout", seed=4),
+    Clip("adwaita-48-hand", PointerStyle("Adwaita", 48, "hand2"), "heldout", seed=5),
+    Clip("adwaita-64", PointerStyle("Adwaita", 64), "heldout", seed=6, webcam=True),
+    Clip("breeze-24", PointerStyle("breeze_cursors", 24), "heldout", seed=7),
+    Clip("breeze-snow-36-hand", PointerStyle("Breeze_Snow", 36, "hand2"), "heldout", seed=8),
+    Clip("whiteglass-16", PointerStyle("whiteglass", 16), "heldout", seed=9),
+    Clip("handhelds-12", PointerStyle("handhelds", 12), "heldout", seed=10),
+    Clip("redglass-24", PointerStyle("redglass", 24), "heldout", seed=11, webcam=True),
+    Clip("redglass-32-hand", PointerStyle("redglass", 32, "hand2"), "heldout", seed=12),
+    Clip("yellow-32", PointerStyle(YELLOW, 32), "heldout", seed=13),
+    Clip("dmz-black-48-hand", PointerStyle("DMZ-Black", 48, "hand2"), "heldout", seed=14),
+    Clip("adwaita-32-720p-half", PointerStyle("Adwaita", 32), "heldout", capture=(1280, 720), scale=0.5, seed=15),
+    Clip("breeze-48-720p", PointerStyle("breeze_cursors", 48), "heldout", capture=(1280, 720), seed=16),
+)
+
+
+def clip_path(root: str | Path, clip: Clip) -> Path:
+    return Path(root) / f"{clip.name}.mp4"
+
+
+def ensure_clip(root: str | Path, clip: Clip, seconds: float = 10.0) -> Path:
+    """Record and encode ``clip`` under ``root`` unless it is already there (takes ~``seconds`` + 4 s)."""
+    from dataclasses import replace
+
+    from pathkit.video.lecture_script import demo_lecture
+    from pathkit.video.screencast import encode_variant, recoloured_theme, record_screencast, truth_path
+
+    root = Path(root)
+    out = clip_path(root, clip)
+    if out.exists() and truth_path(out).exists():
+        return out
+    style = clip.style
+    if style.theme == YELLOW and not style.theme_dir:
+        theme = recoloured_theme("DMZ-White", YELLOW, (255, 215, 0), root / "icons")
+        style = replace(style, theme_dir=str(theme.parent))
+    raw = root / f"{clip.name}.raw.mkv"
+    record_screencast(raw, demo_lecture(clip.seed, clip.webcam, seconds), style, size=clip.capture, seed=clip.seed)
+    encode_variant(raw, out, crf=clip.crf, scale=clip.scale)
+    raw.unlink()
+    truth_path(raw).unlink()
+    return out
+
+
+def frame_times(path: str | Path) -> np.ndarray:
+    """Presentation time (s) of every frame of a video."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return np.array(sorted(float(p.pts * p.time_base) for p in c.demux(s) if p.pts is not None))
+
+
+# Short held-out clips committed under tests/data/screencasts (made by benchmarks/record_screencast_clips.py):
+# a black GNOME arrow over a webcam lecture, a white KDE hand, a red glass arrow, a small white glass arrow.
+TEST_CLIPS: tuple[Clip, ...] = (
+    Clip("adwaita-24", PointerStyle("Adwaita", 24), "heldout", seed=21, webcam=True, crf=30),
+    Clip("breeze-snow-36-hand", PointerStyle("Breeze_Snow", 36, "hand2"), "heldout", seed=22, crf=30),
+    Clip("redglass-24", PointerStyle("redglass", 24), "heldout", seed=23, crf=30),
+    Clip("whiteglass-16", PointerStyle("whiteglass", 16), "heldout", seed=24, crf=30),
+)
