@@ -172,9 +172,11 @@ class Lecture:
         return Lecture([Segment.from_json(s) for s in d["segments"]], bool(d.get("webcam", False)))
 
 
-def demo_lecture(seed: int = 0, webcam: bool = False, seconds: float = 12.0) -> Lecture:
-    """A short lecture with every kind of transition: crossfades between similar views, a slow pan, a zoom,
-    a cut, a slide build and a black gap. ``seed`` varies places and lengths; ~``seconds`` long."""
+def demo_lecture(seed: int = 0, webcam: bool = False, short: bool = False) -> Lecture:
+    """A lecture with every kind of transition: a slide build, a crossfade (0.5 to 2 s) between two similar
+    views, a cut, a slow pan + zoom, a black gap. ``seed`` varies places and the fade's length; ~17 s long
+    (``short``: the build, the crossfade, a black gap and a cut, ~9 s). Every hold lasts at least 1.4 s, so
+    it is a stable chunk at the default ``min_chunk_seconds`` (1 s) even when analysis frames jitter."""
     rng = np.random.default_rng(seed)
     tissue = f"tissue{seed}"
     slide = "slide:Immunohistochemistry|DAB marks the antigen|Hematoxylin: nuclei"
@@ -186,17 +188,26 @@ def demo_lecture(seed: int = 0, webcam: bool = False, seconds: float = 12.0) -> 
     a2 = View("ihc", a.cx + rng.uniform(40, 70), a.cy + rng.uniform(-40, 40), 2.0)  # a similar, nearby view
     b = spot(tissue, 1.6)
     b2 = View(tissue, b.cx + rng.uniform(-150, 150), b.cy + rng.uniform(60, 120), 2.4)
-    segs = [
-        Segment("hold", 1.6, View(slide + "#1", cy=300)),
-        Segment("hold", 1.2, View(slide + "#2", cy=300)),  # slide build: a bullet appears
-        Segment("hold", 1.6, a),
-        Segment("fade", float(rng.uniform(0.5, 2.0)), a, a2),  # crossfade between two similar views
-        Segment("hold", 1.6, a2),
-        Segment("hold", 1.6, b),  # cut
+    fade = round(float(rng.uniform(0.5, 2.0)), 2)
+    if short:
+        return Lecture([
+            Segment("hold", 1.6, View(slide + "#1", cy=300)),
+            Segment("hold", 1.5, View(slide + "#2", cy=300)),  # slide build: a bullet appears
+            Segment("hold", 1.6, a),
+            Segment("fade", fade, a, a2),
+            Segment("hold", 1.6, a2),
+            Segment("hold", 0.6, View("black")),
+            Segment("hold", 1.6, b),
+        ], webcam)
+    return Lecture([
+        Segment("hold", 1.8, View(slide + "#1", cy=300)),
+        Segment("hold", 1.6, View(slide + "#2", cy=300)),  # slide build: a bullet appears
+        Segment("hold", 1.8, a),
+        Segment("fade", fade, a, a2),  # crossfade between two similar views
+        Segment("hold", 1.8, a2),
+        Segment("hold", 1.8, b),  # cut
         Segment("move", 1.5, b, b2),  # slow pan + zoom
-        Segment("hold", 1.6, b2),
-        Segment("hold", 0.6, View("black")),  # blank gap: not a chunk
-        Segment("hold", 1.6, spot("ihc", 3.0)),
-    ]
-    scale = seconds / sum(s.duration for s in segs)
-    return Lecture([Segment(s.kind, round(s.duration * scale, 3), s.a, s.b) for s in segs], webcam)
+        Segment("hold", 1.8, b2),
+        Segment("hold", 0.8, View("black")),  # blank gap: not a chunk
+        Segment("hold", 1.8, spot("ihc", 3.0)),
+    ], webcam)

@@ -57,3 +57,22 @@ def pointer_scores(truth_xy, ambiguous, detected_xy, within: float = 8.0) -> dic
         "hidden_frames": int(hidden.sum()),
         "ambiguous_frames": int((~keep).sum()),
     }
+
+
+def per_frame_detections(rows, times):
+    """Pointer rows (``{"t", "x", "y", ...}``, frame order) as one (x, y) row per frame of ``times``, NaN where
+    none; two frames with the same time stamp (x11grab can stamp two grabs alike) each keep their own row."""
+    import numpy as np
+
+    times = np.asarray(times, float)
+    out = np.full((len(times), 2), np.nan)
+    i = 0
+    for r in rows:
+        while i < len(times) and times[i] < r["t"] - 5e-4:
+            i += 1
+        if i == len(times):
+            break
+        if abs(times[i] - r["t"]) <= 5e-4:
+            out[i] = r["x"], r["y"]
+            i += 1
+    return out

@@ -121,6 +121,7 @@ def record_screencast(path: str | Path, lecture: Lecture, style: PointerStyle, *
     lead = int(round(lead_seconds * fps))
     xvfb, display = _start_xvfb(screen)
     procs: list[subprocess.Popen] = [xvfb]
+    restore = _exit_on_sigterm()  # a killed recorder still stops its X server, player and ffmpeg
     try:
         env = {**os.environ, "DISPLAY": display, "XCURSOR_THEME": style.theme, "XCURSOR_SIZE": str(style.size)}
         if style.theme_dir:
@@ -174,6 +175,7 @@ def record_screencast(path: str | Path, lecture: Lecture, style: PointerStyle, *
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        restore()
     truth = {"style": asdict(style), "fps": fps, "size": [w, h], "screen": list(screen), "scale": 1.0,
              "capture_start": start, "lead_frames": lead, "slack": slack, "seed": seed,
              "initial": plan[0], "lecture": lecture.to_json(),
@@ -182,6 +184,20 @@ def record_screencast(path: str | Path, lecture: Lecture, style: PointerStyle, *
              "shown": [round(r["t_show"] - start, 5) for r in log]}
     write_json(truth_path(path), truth)
     return path
+
+
+def _exit_on_sigterm():
+    """Turn SIGTERM into SystemExit while recording (main thread only); returns the undo."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise SystemExit(f"screencast recording stopped by signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def _capture_start(ffmpeg: subprocess.Popen) -> tuple[float, list[str]]:

@@ -48,7 +48,8 @@ def play(job: dict) -> list[dict]:
         root.update()
         time.sleep(0.005)
     start = float(start_file.read_text()) + int(job["lead_frames"]) / fps
-    log, last, image = [], None, None
+    log, image = [], None
+    last = tuple(plan[0]) if plan else None  # the recorder put the pointer there: --sync would wait for a move
     for k, (x, y) in enumerate(plan):
         frame = lecture.frame(k / fps, (w, h))
         wait = start + (k + 0.5) / fps - time.time()
@@ -57,10 +58,12 @@ def play(job: dict) -> list[dict]:
         image = tk.PhotoImage(data=header + np.ascontiguousarray(frame).tobytes(), format="PPM")
         label.configure(image=image)
         root.update()
+        root.winfo_pointerxy()  # a round trip: the X server has drawn the new image before we log it
         t_show = time.time()
         t0 = t1 = t_show
-        if (x, y) != last:
-            subprocess.run(["xdotool", "mousemove", str(int(x)), str(int(y))], check=True)
+        if (x, y) != last:  # (lists from JSON: compare as tuples)
+            # --sync: xdotool returns once the server reports the pointer at its new place
+            subprocess.run(["xdotool", "mousemove", "--sync", str(int(x)), str(int(y))], check=True)
             t1 = time.time()
             last = (x, y)
         log.append({"k": k, "t_show": t_show, "t_move0": t0, "t_move1": t1, "x": int(x), "y": int(y)})
