@@ -72,10 +72,9 @@ def split_drifting(i0: int, i1: int, small: list[np.ndarray], threshold: float, 
     like_last = [diff(i, i1) <= threshold for i in range(i0, i1 + 1)]
     p = i0 + (like_first.index(False) - 1 if False in like_first else i1 - i0)  # last frame like the first
     s = i0 + (len(like_last) - like_last[::-1].index(False) if False in like_last else 0)  # first like the last
-    if s <= p:  # no frame in between: cut half-way
-        p = s = (i0 + i1) // 2
-        return [(i0, p), (p + 1, i1)]
-    out = split_drifting(i0, p, small, threshold, mask, pixel_threshold, blob_fraction, depth + 1)
+    if s <= p:  # frames s..p look like both ends (a fade's faint tail): they belong to the later view
+        p = s - 1
+    out = split_drifting(i0, p, small, threshold, mask, pixel_threshold, blob_fraction, depth + 1) if p >= i0 else []
     if s <= i1:
         out += split_drifting(s, i1, small, threshold, mask, pixel_threshold, blob_fraction, depth + 1)
     return out

@@ -51,9 +51,9 @@ def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold:
     """Mean absolute grey difference of two frames over pixels that changed by more than ``pixel_threshold``,
     after masking small, compact changed blobs (the pointer).
 
-    A blob is the pointer's when it covers less than ``blob_fraction`` of the frame and its bounding box is at
-    most ``max_blob_extent`` of the frame's width and height: a new line of text in a slide build is as
-    small but long, and counts. Changes a few pixels apart (the letters of a line) are one blob.
+    A blob is the pointer's when it covers less than ``blob_fraction`` of the frame and its bounding box's
+    longer side is at most ``max_blob_extent`` of the frame's width: a new line of text in a slide build is
+    as small but long, and counts. Changes a few pixels apart (the letters of a line) are one blob.
     """
     import cv2
 
@@ -68,18 +68,19 @@ def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold:
         return float(diff.sum(dtype=np.float64)) / diff.size
     if n_changed == 0:
         return 0.0
-    H, W = diff.shape[:2]
+    W = diff.shape[1]
     changed = (diff > 0).view(np.uint8)
     bx, by, bw, bh = cv2.boundingRect(changed)
-    if n_changed < blob_fraction * diff.size and bw <= max_blob_extent * W and bh <= max_blob_extent * H:
+    # (+4: the extents below are of the blobs grown by the 5 x 5 joining)
+    if n_changed < blob_fraction * diff.size and max(bw, bh) + 4 <= max_blob_extent * W:
         return 0.0  # one small compact change (the usual case: the pointer moved a little)
     total = float(diff.sum(dtype=np.float64))
     joined = cv2.dilate(changed, np.ones((5, 5), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     if n > 1:
         area = np.bincount(labels.ravel(), weights=changed.ravel().astype(np.float64), minlength=n)[1:]
-        small = ((area < blob_fraction * diff.size) & (stats[1:, cv2.CC_STAT_WIDTH] <= max_blob_extent * W)
-                 & (stats[1:, cv2.CC_STAT_HEIGHT] <= max_blob_extent * H))
+        extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+        small = (area < blob_fraction * diff.size) & (extent <= max_blob_extent * W)
         if small.any():
             per_label = np.bincount(labels.ravel(), weights=diff.ravel(), minlength=n)
             total -= float(per_label[1:][small].sum())
