@@ -92,7 +92,7 @@ class DifferenceSignal:
     a long video never has to sit in memory. It keeps a half-size copy of each analysis frame (80 x 45 at the
     default width: ~60 MB per hour at 5 frames/s) and whether it is blank, for :mod:`pathkit.video.chunk_refine`."""
 
-    def __init__(self, pixel_threshold: float = 12.0, blob_fraction: float = 0.02, blank_std: float = 4.0):
+    def __init__(self, pixel_threshold: float = 12.0, blob_fraction: float = 0.02, blank_std: float = 8.0):
         self.pixel_threshold, self.blob_fraction, self.blank_std = pixel_threshold, blob_fraction, blank_std
         self._prev: np.ndarray | None = None
         self.values: list[float] = []
@@ -109,7 +109,9 @@ class DifferenceSignal:
         self.values.append(value)
         h, w = cur.shape[:2]
         self.small.append(cv2.resize(cur, (max(8, w // 2), max(8, h // 2)), interpolation=cv2.INTER_AREA))
-        self.blank.append(float(cur.std()) < self.blank_std)
+        # blank: nearly every pixel at the frame's median grey (a pointer on a black screen is still blank)
+        med = float(np.median(cur))
+        self.blank.append(float(np.mean(np.abs(cur.astype(np.float32) - med) <= self.blank_std)) >= 0.97)
         return value
 
 

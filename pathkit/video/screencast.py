@@ -62,15 +62,32 @@ def theme_installed(theme: str, theme_dir: str = "") -> bool:
 
 
 def pointer_plan(n_ticks: int, fps: float, size: tuple[int, int], screen_width: int,
-                 rng: np.random.Generator, outside_fraction: float = 0.2) -> list[list[int]]:
-    """Per tick, the pointer's screen position: dwells, eased moves, and spells outside the captured region."""
+                 rng: np.random.Generator, outside_fraction: float = 0.2, gesture_fraction: float = 0.0
+                 ) -> tuple[list[list[int]], list[list[float]]]:
+    """Per tick, the pointer's screen position: dwells, eased moves, and spells outside the captured region.
+
+    With ``gesture_fraction``, that share of the dwells are pointing gestures: the narrator circles a region
+    (radius 14-40 px, once or twice) instead of resting. Returns the plan and the gestures as
+    ``[first tick, last tick, cx, cy, radius]`` (screen pixels).
+    """
     w, h = size
     out: list[list[int]] = []
+    gestures: list[list[float]] = []
     x, y = float(rng.uniform(40, w - 60)), float(rng.uniform(40, h - 60))
     while len(out) < n_ticks:
         if rng.random() < outside_fraction:  # leave the region to the right, wait, come back
             ox, oy = float(rng.uniform(w + 40, screen_width - 10)), float(rng.uniform(20, h - 20))
             out += [[int(ox), int(oy)]] * int(rng.uniform(0.4, 1.0) * fps)
+        elif rng.random() < gesture_fraction:  # circle a region, starting and ending at its centre's right
+            r = float(rng.uniform(14, 40))
+            cx, cy = float(np.clip(x, r + 10, w - r - 50)), float(np.clip(y, r + 10, h - r - 50))
+            n = int(rng.uniform(1.2, 2.0) * fps)
+            loops = float(rng.choice([1.0, 2.0]))
+            k0 = len(out)
+            out += [[int(round(cx + r * np.cos(2 * np.pi * loops * i / n))), int(round(cy + r * np.sin(2 * np.pi * loops * i / n)))]
+                    for i in range(n)]
+            gestures.append([k0, len(out) - 1, cx, cy, r])
+            x, y = cx + r, cy
         else:
             out += [[int(x), int(y)]] * int(rng.uniform(0.3, 1.4) * fps)  # dwell
         nx, ny = float(rng.uniform(20, w - 50)), float(rng.uniform(20, h - 50))
@@ -80,7 +97,7 @@ def pointer_plan(n_ticks: int, fps: float, size: tuple[int, int], screen_width: 
             e = 4 * u**3 if u < 0.5 else 1 - (-2 * u + 2) ** 3 / 2
             out.append([int(round(x + (nx - x) * e)), int(round(y + (ny - y) * e))])
         x, y = nx, ny
-    return out[:n_ticks]
+    return out[:n_ticks], [g for g in gestures if g[1] < n_ticks]
 
 
 def _start_xvfb(screen: tuple[int, int]) -> tuple[subprocess.Popen, str]:
@@ -100,7 +117,7 @@ def _start_xvfb(screen: tuple[int, int]) -> tuple[subprocess.Popen, str]:
 
 def record_screencast(path: str | Path, lecture: Lecture, style: PointerStyle, *, fps: float = 25.0,
                       size: tuple[int, int] = (640, 360), seed: int = 0, lead_seconds: float = 1.0,
-                      tail_seconds: float = 0.4, slack: float = 0.008) -> Path:
+                      tail_seconds: float = 0.4, slack: float = 0.008, gesture_fraction: float = 0.0) -> Path:
     """Record ``lecture`` with a real pointer; writes ``path`` (lossless ``.mkv``) and ``<path>.truth.json``.
 
     Takes ``lecture.duration + lead_seconds + tail_seconds`` of wall-clock time plus a few seconds of setup.
@@ -117,7 +134,7 @@ def record_screencast(path: str | Path, lecture: Lecture, style: PointerStyle, *
     screen = (w + 200, h)
     rng = np.random.default_rng(seed)
     n_ticks = int(round(lecture.duration * fps))
-    plan = pointer_plan(n_ticks, fps, size, screen[0], rng)
+    plan, gestures = pointer_plan(n_ticks, fps, size, screen[0], rng, gesture_fraction=gesture_fraction)
     lead = int(round(lead_seconds * fps))
     xvfb, display = _start_xvfb(screen)
     procs: list[subprocess.Popen] = [xvfb]
@@ -181,7 +198,8 @@ def record_screencast(path: str | Path, lecture: Lecture, style: PointerStyle, *
              "initial": plan[0], "lecture": lecture.to_json(),
              # per tick, relative to the first grab: [move began, move ended, x, y] (screen pixels)
              "moves": [[round(r["t_move0"] - start, 5), round(r["t_move1"] - start, 5), r["x"], r["y"]] for r in log],
-             "shown": [round(r["t_show"] - start, 5) for r in log]}
+             "shown": [round(r["t_show"] - start, 5) for r in log],
+             "gestures": gestures}  # [first tick, last tick, cx, cy, radius], screen pixels
     write_json(truth_path(path), truth)
     return path
 
@@ -343,12 +361,24 @@ def dwells(truth: dict, min_seconds: float = 0.6) -> list[tuple[float, float, fl
     return out
 
 
-def dwell_transcript(truth: dict, vtt: str | Path) -> list[tuple[float, float, float, float]]:
-    """A WebVTT narration with one utterance per dwell of the pointer (the narrator speaks about what the
-    pointer rests on); returns the dwells, which are the groundings' ground truth."""
+def gesture_boxes(truth: dict) -> list[tuple[float, float, list[float]]]:
+    """The pointing gestures as ``(start, end, [x1, y1, x2, y2])``: seconds from the first grab, video pixels."""
+    moves = np.asarray(truth["moves"], np.float64).reshape(-1, 4)
+    s = float(truth["scale"])
+    out = []
+    for k0, k1, cx, cy, r in truth.get("gestures", []):
+        box = [(cx - r + 0.5) * s - 0.5, (cy - r + 0.5) * s - 0.5, (cx + r + 0.5) * s - 0.5, (cy + r + 0.5) * s - 0.5]
+        out.append((float(moves[int(k0), 1]), float(moves[int(k1), 1]), box))
+    return out
+
+
+def dwell_transcript(truth: dict, vtt: str | Path) -> list[tuple[float, float, list[float]]]:
+    """A WebVTT narration with one utterance per pointing gesture (or, for a recording without gestures, per
+    rest of the pointer): the narrator speaks about what the pointer shows. Returns ``(start, end, box)`` per
+    utterance, the groundings' ground truth (a rest's box is the 1-pixel point where it rested)."""
     from pathkit.synthetic.video import Utterance, write_vtt
 
-    spans = dwells(truth)
+    spans = gesture_boxes(truth) or [(a, b, [x, y, x + 1, y + 1]) for a, b, x, y in dwells(truth)]
     write_vtt(vtt, [Utterance(round(a, 3), round(b, 3), _DWELL_LINES[k % len(_DWELL_LINES)])
-                    for k, (a, b, _, _) in enumerate(spans)])
+                    for k, (a, b, _) in enumerate(spans)])
     return spans

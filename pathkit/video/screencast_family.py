@@ -39,6 +39,7 @@ class Clip:
     webcam: bool = False
     seed: int = 0
     crf: int = 28
+    gestures: float = 0.0  # share of pointer rests that are circling gestures (narrated: pathkit video narratives)
 
 
 FAMILY: tuple[Clip, ...] = (
@@ -64,6 +65,10 @@ FAMILY: tuple[Clip, ...] = (
     Clip("whiteglass-32-hand", PointerStyle("whiteglass", 32, "hand2"), "fresh", seed=19),
     Clip("adwaita-40-hand-720p-0.67", PointerStyle("Adwaita", 48, "hand2"), "fresh", capture=(960, 540), scale=0.67,
          seed=20),
+    # narrated: the pointer circles what the narrator talks about (ground truth of `pathkit video narratives`)
+    Clip("narrated-adwaita-32", PointerStyle("Adwaita", 32), "fresh", seed=31, gestures=0.8),
+    Clip("narrated-breeze-24-hand", PointerStyle("breeze_cursors", 24, "hand2"), "fresh", seed=32, gestures=0.8),
+    Clip("narrated-redglass-32", PointerStyle("redglass", 32), "fresh", seed=33, gestures=0.8, webcam=True),
 )
 
 
@@ -88,7 +93,8 @@ def ensure_clip(root: str | Path, clip: Clip, short: bool = False) -> Path:
         theme = recoloured_theme(source, style.theme, rgb, root / "icons")
         style = replace(style, theme_dir=str(theme.parent))
     raw = root / f"{clip.name}.raw.mkv"
-    record_screencast(raw, demo_lecture(clip.seed, clip.webcam, short), style, size=clip.capture, seed=clip.seed)
+    record_screencast(raw, demo_lecture(clip.seed, clip.webcam, short), style, size=clip.capture, seed=clip.seed,
+                      gesture_fraction=clip.gestures)
     encode_variant(raw, out, crf=clip.crf, scale=clip.scale)
     raw.unlink()
     truth_path(raw).unlink()
@@ -105,10 +111,12 @@ def frame_times(path: str | Path) -> np.ndarray:
 
 
 # Short held-out clips committed under tests/data/screencasts (made by benchmarks/record_screencast_clips.py):
-# a black GNOME arrow over a webcam lecture, a white KDE hand, a red glass arrow, a small white glass arrow.
+# a black GNOME arrow over a webcam lecture, a white KDE hand, a red glass arrow, a small white glass arrow, and a
+# narrated clip whose pointer circles what is spoken about (notebook 03's narratives example).
 TEST_CLIPS: tuple[Clip, ...] = (
     Clip("adwaita-24", PointerStyle("Adwaita", 24), "heldout", seed=21, webcam=True, crf=32),
     Clip("breeze-snow-36-hand", PointerStyle("Breeze_Snow", 36, "hand2"), "heldout", seed=22, crf=32),
     Clip("redglass-24", PointerStyle("redglass", 24), "heldout", seed=23, crf=32),
     Clip("whiteglass-16", PointerStyle("whiteglass", 16), "heldout", seed=24, crf=32),
+    Clip("narrated-adwaita-32", PointerStyle("Adwaita", 32), "heldout", seed=41, crf=32, gestures=0.8),
 )
