@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pathkit.io import PathkitError
+from pathkit.io import PathkitError, folder_lock
 from pathkit.models.conversation import IMAGE_TOKEN
 from pathkit.paths import cache_dir
 
@@ -45,7 +45,8 @@ TINY_SPECS = {
 TINY_SPECS["tiny-pretrained"] = TINY_SPECS["tiny"]  # the same model, then text pre-training (tiny_pretrain)
 TINY_VOCAB_SIZE = 4096
 TINY_SEED = 1234
-TINY_BUILD_VERSION = 3  # bump when the tiny recipe changes: cached folders of another version are rebuilt
+TINY_BUILD_VERSION = 4  # bump when the tiny recipe changes: cached folders of another version are rebuilt
+# 4: conversations are tokenized as whole strings (LLaVA's boundaries), so tiny-pretrained is rebuilt on them
 
 # The tokenizer's training corpus: the words of pathkit's synthetic captions, questions and reports, the chat
 # templates, and everyday English, so common words are single tokens. Byte-level BPE still encodes any text.
@@ -177,6 +178,14 @@ def tiny_llm_dir(name: str = "tiny", log=None) -> Path:
     key = _build_key(name)
     if _built_key(final) == key:
         return final
+    # one build at a time: runs started together (a sweep, parallel tests) wait for the first and reuse its folder
+    with folder_lock(final):
+        if _built_key(final) == key:
+            return final
+        return _build_into(final, name, key, log)
+
+
+def _build_into(final: Path, name: str, key: dict, log) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
