@@ -182,8 +182,10 @@ class VideoConfig(ConfigBase):
     min_box_fraction: float = 0.02
     max_box_fraction: float = 0.7
     heatmap_sigma: float = 8.0  # pixels of the frame
+    cursor_detector: str = "net"  # net: learned, any theme (pointer_tracker); template: white arrow/hand pixel art
 
     def validate(self) -> None:
+        self.check("cursor_detector", self.cursor_detector in ("net", "template"), "must be 'net' or 'template'")
         self.check("analysis_fps", self.analysis_fps > 0, "must be > 0")
         self.check("analysis_width", self.analysis_width >= 32, "must be >= 32 pixels")
         self.check("mad_k", self.mad_k > 0, "must be > 0")
