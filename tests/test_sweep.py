@@ -96,12 +96,19 @@ def test_sweep_cli_results_report_yaml_and_skip(probe, tmp_path):
         run = out / "runs" / rid
         params = read_json(run / "params.json")
         assert rid == run_id(params)
-        assert (run / "work" / "synthetic").resolve() == (out / "data" / "synthetic").resolve()
+        shared = (run / "work" / "synthetic").resolve()  # OUT/data/<preset, seed, synthetic.* key>/synthetic
+        assert shared.parent.parent == (out / "data").resolve() and f"seed={params['seed']}" in shared.parent.name
         executed = nbformat.read(run / "probe.ipynb", as_version=4)
         shown = [o["data"]["application/json"] for c in executed.cells if c.cell_type == "code"
                  for o in c.outputs if "application/json" in o.get("data", {})]
         assert shown == [read_json(run / "metrics.json")]  # the recorded values show in the notebook too
         assert (run / "log.txt").is_file()
+
+    # The first run of each seed (it would build that seed's data) finished before the others of its seed began.
+    status = {(r.x, r.seed): read_json(out / "runs" / r.run_id / "status.json") for r in table.itertuples()}
+    for seed in (0, 1):
+        first = status[(1, seed)]
+        assert status[(2, seed)]["started"] >= first["started"] + first["seconds"]
 
     figures = tmp_path / "figures"
     rep = pathkit_cli("sweep", "report", str(out), "--x", "x", "--y", "score", "--figures", str(figures))

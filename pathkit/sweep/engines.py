@@ -77,12 +77,10 @@ def start_ray(address: str | None, num_cpus: int | None = None):
     return True
 
 
-def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float, address: str | None = None
-            ) -> Iterator[dict[str, Any]]:
-    """Execute runs as Ray tasks, each asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs."""
+def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> Iterator[dict[str, Any]]:
+    """Execute runs as Ray tasks, each asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs (Ray started)."""
     import ray
 
-    started = start_ray(address)
     try:
         task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(execute_run)
         pending = {task.remote(**job): job for job in jobs}
@@ -101,5 +99,3 @@ def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float, addres
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
-        if started:
-            ray.shutdown()

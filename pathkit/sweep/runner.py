@@ -10,6 +10,11 @@ Outputs (``OUT`` is the sweep folder)::
 
 ``results.csv`` is rewritten (atomically) each time a run finishes, so an interrupted sweep keeps what it did.
 Re-running the same command skips runs that finished with the same parameters and retries the rest.
+
+Shared data: runs that would build the same prepared data (same ``preset``, ``seed`` and ``synthetic.*``
+values) share one folder, ``OUT/data/<key>/``. The first run of each key runs before the others of that key
+start (it builds the data; they reuse it), so no two runs ever build the same data folder at once; runs of
+different keys run side by side from the start.
 """
 
 from __future__ import annotations
@@ -38,6 +43,30 @@ def split_params(params: dict[str, Any], declared: set[str], notebook: Path) -> 
                                "it has no 'overrides' parameter to pass config keys through")
         inject["overrides"] = overrides
     return inject
+
+
+DATA_KEYS = ("preset", "seed")
+
+
+def data_key(params: dict[str, Any]) -> str:
+    """The shared-data folder of a run: what its prepared data depends on (preset, seed, synthetic.*)."""
+    from pathkit.sweep.spec import run_id
+
+    keyed = {k: v for k, v in params.items() if k in DATA_KEYS or k.startswith("synthetic.")}
+    return run_id(keyed) if keyed else "default"
+
+
+def next_wave(jobs: list[dict[str, Any]], prepared: set[str]) -> list[dict[str, Any]]:
+    """The next jobs to start: all jobs whose data is prepared, plus the first job of each unprepared key."""
+    wave, firsts = [], set()
+    for job in jobs:
+        key = job["data_key"]
+        if key in prepared:
+            wave.append(job)
+        elif key not in firsts:
+            firsts.add(key)
+            wave.append(job)
+    return wave
 
 
 def _row(plan: RunPlan, status: dict[str, Any] | None, run_dir: Path) -> dict[str, Any]:
@@ -97,10 +126,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, progress: bool = True) -> dict[s
         run_dir = runs_dir / plan.run_id
         done = finished_status(run_dir, plan.params)
         statuses[plan.run_id] = done
+        key = data_key(plan.params)
         if done is None:
             jobs.append(dict(notebook=str(notebook), run_dir=str(run_dir), params=plan.params,
-                             inject=split_params(plan.params, declared, notebook), data_dir=str(data_dir),
-                             timeout=spec.timeout))
+                             inject=split_params(plan.params, declared, notebook), data_dir=str(data_dir / key),
+                             timeout=spec.timeout, data_key=key))
     skipped = len(plans) - len(jobs)
     by_id = {p.run_id: p for p in plans}
 
@@ -119,28 +149,48 @@ def run_sweep(spec: SweepSpec, out: str | Path, progress: bool = True) -> dict[s
 
     write_results(out, rows(), parquet=False)
     failures.write()  # a stale failures file from an earlier attempt describes runs about to be retried
+    # Keys with a finished run have their data; a key's first run builds it alone.
+    prepared = {data_key(p.params) for p in plans if statuses[p.run_id] is not None}
     bar = tqdm(total=len(jobs), desc="sweep runs", unit="run", disable=not progress or not jobs)
+    started_ray = False
     try:
-        if spec.engine == "ray":
-            from pathkit.sweep.engines import run_ray
+        if spec.engine == "ray" and jobs:
+            from pathkit.sweep.engines import start_ray
 
-            finished = run_ray(jobs, spec.num_cpus, spec.num_gpus, spec.ray_address)
-        else:
-            from pathkit.sweep.engines import run_local
-
-            finished = run_local(jobs, spec.workers)
-        for status in finished:
-            note(status)
-            bar.update(1)
-            if status["status"] == "failed":
-                bar.write(f"{status['run_id']}: FAILED: {status.get('error')}")
+            started_ray = start_ray(spec.ray_address)
+        remaining = list(jobs)
+        while remaining:
+            wave = next_wave(remaining, prepared)
+            remaining = [j for j in remaining if j not in wave]
+            for status in _execute(spec, [{k: v for k, v in j.items() if k != "data_key"} for j in wave]):
+                note(status)
+                bar.update(1)
+                if status["status"] == "failed":
+                    bar.write(f"{status['run_id']}: FAILED: {status.get('error')}")
+                else:
+                    prepared.add(data_key(by_id[status["run_id"]].params))
+            # a key whose first run failed: its next run builds the data (alone) in the next wave
     finally:
         bar.close()
         write_results(out, rows())
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     counts = {s: sum(1 for v in statuses.values() if (v or {}).get("status", "pending") == s)
               for s in ("done", "failed", "pending")}
     return {"runs": len(plans), "skipped": skipped, "executed": len(jobs), **counts,
             "results": str(out / RESULTS_CSV), "failures": str(out / FAILURES) if failures else None}
+
+
+def _execute(spec: SweepSpec, jobs: list[dict[str, Any]]):
+    if spec.engine == "ray":
+        from pathkit.sweep.engines import run_ray
+
+        return run_ray(jobs, spec.num_cpus, spec.num_gpus)
+    from pathkit.sweep.engines import run_local
+
+    return run_local(jobs, spec.workers)
 
 
 def load_results(out: str | Path):
