@@ -17,47 +17,14 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from sweep_helpers import PROBE_BODY, PROBE_PARAMETERS, write_notebook
 
 from pathkit.io import PathkitError, read_json, read_jsonl
-from pathkit.sweep.runner import run_sweep
-from pathkit.sweep.spec import SweepSpec, parse_grid, parse_value, run_id
+from pathkit.sweep.spec import parse_grid, parse_value, run_id
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
        "OMP_NUM_THREADS": "1", "PATHKIT_TORCH_THREADS": "1"}
-
-PROBE_PARAMETERS = """\
-x = 1
-seed = 0
-sleep = 0.0
-fail_if = ""          # fail while this file exists
-workdir = "."
-figures_dir = "."
-run_dir = None
-overrides = {}"""
-
-PROBE_BODY = """\
-import time
-from pathlib import Path
-
-import pathkit.sweep
-from pathkit.config import Config
-
-cfg, = pathkit.sweep.apply_overrides(Config.from_name("tiny"), overrides)
-time.sleep(sleep)
-assert not (fail_if and Path(fail_if).exists()), "asked to fail"
-pathkit.sweep.record(run_dir, score=10 * x + seed, lr=cfg.train.lr,
-                     shared_data=Path(workdir, "synthetic").is_symlink())"""
-
-
-def write_notebook(path: Path, parameters: str, body: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    cell = nbformat.v4.new_code_cell(parameters)
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -212,30 +179,6 @@ def test_run_folder_is_locked_while_a_run_executes(probe, tmp_path):
     log = (run / "log.txt").read_text()
     assert log.count("x = 7") <= 1  # executed once, not twice over the same folder
     assert read_json(run / "metrics.json")["score"] == 70
-
-
-def test_ray_engine(probe, tmp_path):
-    ray = pytest.importorskip("ray")
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception:  # Ray gives its raylet 30 s to register; a busy shared machine can miss that once
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        flag = tmp_path / "broken"
-        flag.write_text("")
-        spec = SweepSpec(probe, grid={"x": [1, 2], "fail_if": ["", str(flag)]}, seeds=[3], engine="ray")
-        summary = run_sweep(spec, tmp_path / "sweep", progress=False)
-        assert ray.is_initialized()  # a Ray the caller started is left running
-    finally:
-        ray.shutdown()
-    assert summary["done"] == 2 and summary["failed"] == 2
-    table = pd.read_csv(tmp_path / "sweep" / "results.csv", keep_default_na=False)
-    done = table[table["status"] == "done"]
-    assert sorted(done["score"].astype(float)) == [13, 23]
-    hosts = {read_json(tmp_path / "sweep" / "runs" / r / "status.json")["host"] for r in table["run_id"]}
-    assert hosts == {os.uname().nodename}
-    assert len(read_jsonl(tmp_path / "sweep" / "failures.jsonl")) == 2
 
 
 @pytest.mark.notebooks

@@ -104,7 +104,7 @@ def execute_run(notebook: str, run_dir: str, params: dict[str, Any], inject: dic
             try:
                 pm.execute_notebook(str(notebook_path), str(run_path / notebook_path.name), parameters=parameters,
                                     cwd=str(notebook_path.parent.resolve()), kernel_name="python3",
-                                    language="python", progress_bar=False, log_output=True, stdout_file=log,
+                                    language="python", progress_bar=False, log_output=False, stdout_file=log,
                                     stderr_file=log, execution_timeout=timeout)
             except pm.PapermillExecutionError as err:
                 evalue = (err.evalue or "").strip().splitlines()
