@@ -22,7 +22,11 @@ app = typer.Typer(
 )
 
 # Order is the order of the help listing.
+<<<<<<< HEAD
 AREAS = ("synthetic", "wsi", "video", "instruct", "curate", "train", "eval", "sweep")
+=======
+AREAS = ("synthetic", "wsi", "video", "instruct", "curate", "data", "train", "eval")
+>>>>>>> main
 
 
 @app.callback()

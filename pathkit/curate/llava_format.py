@@ -145,3 +145,11 @@ def tiles_to_llava(rows: Iterable[dict[str, Any]], seed: int = 0, split: str | N
                                       {"from": "gpt", "value": row["caption"].strip()}],
                     "label": row.get("label"), "source": "synthetic_tiles", "kind": "caption"})
     return out
+
+
+def record_problem(rec: Any) -> str | None:
+    """The first problem of one LLaVA record as ``'<field>: <what>'``, or None when it is valid.
+
+    For streaming checks (one record at a time, e.g. ``pathkit data import``); duplicate ids are the caller's.
+    """
+    return _record_problem(rec)

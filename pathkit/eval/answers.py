@@ -2,8 +2,8 @@
 
 Each finished answer is appended (flushed, fsynced) to the output journal; a rerun skips question_ids already
 answered, so a killed run resumes where it stopped and never writes a question twice. Images are resolved
-relative to the questions file; an ``.h5`` image is a slide feature file (WSI-LLaVA) and is passed as
-``slide_features``.
+relative to the questions file; an ``.h5``/``.pt``/``.csv`` image is a slide feature file (WSI-LLaVA, CLAM,
+TRIDENT, WSI-Bench, SlideChat) and is passed as ``slide_features``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
+from pathkit.wsi.features import FEATURE_SUFFIXES
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
 
@@ -45,7 +46,7 @@ def load_visual(path: Path | None) -> tuple[str, Any]:
         return "none", None
     if not path.exists():
         raise PathkitError(f"{path}: image not found")
-    if path.suffix in (".h5", ".hdf5"):
+    if path.suffix.lower() in FEATURE_SUFFIXES:
         import numpy as np
         import torch
 
@@ -55,7 +56,7 @@ def load_visual(path: Path | None) -> tuple[str, Any]:
         if feats is None:
             raise PathkitError(f"{path}: no 'features' dataset (coords only); run pathkit extract first")
         return "slide", (torch.as_tensor(np.asarray(feats), dtype=torch.float32),
-                         torch.as_tensor(np.asarray(coords), dtype=torch.long))
+                         None if coords is None else torch.as_tensor(np.asarray(coords), dtype=torch.long))
     from PIL import Image
 
     try:

@@ -80,7 +80,7 @@ class SlideEncoder:
     """A Ray actor holding one encoder; ``encode`` writes one slide's features file."""
 
     def __init__(self, encoder: str, out_dir: str, batch_size: int, workers: int, device: str | None,
-                 slide_mpp: float | None):
+                 slide_mpp: float | None, slides_dir: str | None = None):
         import torch
 
         from pathkit.models.encoders import load_encoder
@@ -92,7 +92,7 @@ class SlideEncoder:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.dim = dim
         self.encoder, self.out_dir = encoder, Path(out_dir)
-        self.batch_size, self.workers, self.slide_mpp = batch_size, workers, slide_mpp
+        self.batch_size, self.workers, self.slide_mpp, self.slides_dir = batch_size, workers, slide_mpp, slides_dir
 
     def encode(self, coords_file: str) -> tuple[str, int, str | None, float, float]:
         """(file, tiles, error, load-wait seconds, compute seconds) for one coords file."""
@@ -103,7 +103,8 @@ class SlideEncoder:
         try:
             coords, features, attrs = encode_slide(coords_file, self.model, self.preprocess, device=self.device,
                                                    batch_size=self.batch_size, workers=self.workers,
-                                                   slide_mpp=self.slide_mpp, summary=part)
+                                                   slide_mpp=self.slide_mpp, summary=part,
+                                                   slides_dir=self.slides_dir)
             attrs = dict(attrs, encoder=self.encoder, feature_dim=int(features.shape[1]))
             _remove_stale_temps(self.out_dir, Path(coords_file).stem)
             write_features(self.out_dir / Path(coords_file).name, coords, attrs, features=features)
@@ -114,8 +115,9 @@ class SlideEncoder:
 
 def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir: str | Path,
                          batch_size: int = 64, workers: int = 0, device: str | None = None,
-                         slide_mpp: float | None = None, actors: int | None = None, address: str | None = None,
-                         progress: bool = True) -> BatchSummary:
+                         slide_mpp: float | None = None, slides_dir: str | Path | None = None,
+                         actors: int | None = None, address: str | None = None, progress: bool = True
+                         ) -> BatchSummary:
     """:func:`pathkit.wsi.pipeline.extract_features` over Ray actors, one encoder each.
 
     ``actors``: how many (default: one per GPU in the cluster, else 2); each reserves one GPU when the
@@ -142,7 +144,8 @@ def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir
         gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
         n = max(1, min(actors or gpus or 2, len(todo)))
         actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(SlideEncoder)
-        pool = ActorPool([actor_cls.remote(name, str(out_dir), batch_size, workers, device, slide_mpp)
+        pool = ActorPool([actor_cls.remote(name, str(out_dir), batch_size, workers, device, slide_mpp,
+                                           str(Path(slides_dir).resolve()) if slides_dir else None)
                           for _ in range(n)])
         named = {str(f.resolve()): str(f) for f in todo}
         results = pool.map_unordered(lambda a, f: a.encode.remote(f), list(named))
