@@ -22,11 +22,7 @@ app = typer.Typer(
 )
 
 # Order is the order of the help listing.
-<<<<<<< HEAD
-AREAS = ("synthetic", "wsi", "video", "instruct", "curate", "train", "eval", "sweep")
-=======
-AREAS = ("synthetic", "wsi", "video", "instruct", "curate", "data", "train", "eval")
->>>>>>> main
+AREAS = ("synthetic", "wsi", "video", "instruct", "curate", "data", "train", "eval", "sweep")
 
 
 @app.callback()

@@ -35,6 +35,26 @@ SHARED_DATA = ("synthetic",)
 
 
 @contextlib.contextmanager
+def stderr_to(fh) -> Iterator[None]:
+    """Point this process's stderr (file descriptor 2) at ``fh`` while a kernel starts and runs.
+
+    The kernel papermill launches inherits it, so its own warnings land in the run's log, not in the
+    terminal or, when a notebook runs the sweep, in that notebook's output.
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fh.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` (waits while another process holds it)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +120,7 @@ def execute_run(notebook: str, run_dir: str, params: dict[str, Any], inject: dic
         started = time.time()
         t0 = time.perf_counter()
         error = None
-        with open(run_path / LOG_FILE, "w", encoding="utf-8") as log:
+        with open(run_path / LOG_FILE, "w", encoding="utf-8") as log, stderr_to(log):
             try:
                 pm.execute_notebook(str(notebook_path), str(run_path / notebook_path.name), parameters=parameters,
                                     cwd=str(notebook_path.parent.resolve()), kernel_name="python3",
