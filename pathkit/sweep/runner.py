@@ -151,6 +151,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, progress: bool = True) -> dict[s
     failures.write()  # a stale failures file from an earlier attempt describes runs about to be retried
     # Keys with a finished run have their data; a key's first run builds it alone.
     prepared = {data_key(p.params) for p in plans if statuses[p.run_id] is not None}
+    if "workdir" not in declared:  # a notebook without a workdir builds no shared data: nothing to wait for
+        prepared |= {data_key(p.params) for p in plans}
     bar = tqdm(total=len(jobs), desc="sweep runs", unit="run", disable=not progress or not jobs)
     started_ray = False
     try:
