@@ -105,6 +105,7 @@ def test_override_that_matches_nothing_fails_the_run(probe, tmp_path):
     assert failure["params"] == {"nope.key": 1}
 
 
+@pytest.mark.slow
 def test_one_failing_run_does_not_stop_the_others(probe, tmp_path):
     flag = tmp_path / "broken"
     flag.write_text("")
@@ -138,6 +139,7 @@ def test_notebook_without_overrides_parameter_is_a_clear_error(tmp_path):
                                   "no 'overrides' parameter to pass config keys through")
 
 
+@pytest.mark.slow
 def test_sigkill_loses_only_the_runs_in_flight(probe, tmp_path):
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "pathkit.cli", "sweep", str(probe), "--grid", "x=1,2,3,4,5,6", "--set",

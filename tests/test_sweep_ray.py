@@ -65,6 +65,7 @@ def slides(tmp_path_factory):
     return good, str(root / "truncated.tiff")
 
 
+@pytest.mark.slow
 def test_tile_and_extract_on_ray_match_the_local_pipeline(local_ray, slides, tmp_path):
     good, truncated = slides
     local = tile_slides([*good, truncated], tmp_path / "local", progress=False)
