@@ -4,7 +4,8 @@ Outputs (``OUT`` is the sweep folder)::
 
     OUT/runs/<run-id>/     one folder per run (see pathkit.sweep.execute)
     OUT/data/              prepared data shared by every run (linked into each run's workdir)
-    OUT/results.csv        one row per run: run_id, every parameter, every recorded metric, status, seconds
+    OUT/results.csv        one row per run: run_id, every parameter, every recorded metric, status, seconds,
+                           error (a metric named like a parameter or one of those columns is ``metric.<name>``)
     OUT/results.parquet    the same table
     OUT/failures.jsonl     one row per failed run: run id, error line, parameters, log path
 
