@@ -95,7 +95,6 @@ def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> Ite
 
                     yield {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
                            "error": f"ray task failed: {one_line(err)}", "seconds": None}
-        pending = {}
-    finally:
+    finally:  # the sweep stopped early (Ctrl-C, an error): runs not yet finished are cancelled
         for ref in pending:
             ray.cancel(ref, force=True)
