@@ -32,6 +32,8 @@ PARAMS_FILE = "params.json"
 LOG_FILE = "log.txt"
 # Folders of a pathkit workdir that hold prepared data every run may share (built once, read by all).
 SHARED_DATA = ("synthetic",)
+KERNEL_START_FAILED = "Kernel died before replying to kernel_info"
+KERNEL_START_RETRIES = 2
 
 
 @contextlib.contextmanager
@@ -121,16 +123,24 @@ def execute_run(notebook: str, run_dir: str, params: dict[str, Any], inject: dic
         t0 = time.perf_counter()
         error = None
         with open(run_path / LOG_FILE, "w", encoding="utf-8") as log, stderr_to(log):
-            try:
-                pm.execute_notebook(str(notebook_path), str(run_path / notebook_path.name), parameters=parameters,
-                                    cwd=str(notebook_path.parent.resolve()), kernel_name="python3",
-                                    language="python", progress_bar=False, log_output=False, stdout_file=log,
-                                    stderr_file=log, execution_timeout=timeout)
-            except pm.PapermillExecutionError as err:
-                evalue = (err.evalue or "").strip().splitlines()
-                error = f"cell {err.exec_count}: {err.ename}: {evalue[0] if evalue else ''}".rstrip(": ")
-            except Exception as err:  # kernel died, timeout, unreadable notebook: the run failed, others go on
-                error = one_line(err)
+            for attempt in range(1 + KERNEL_START_RETRIES):
+                error = None
+                try:
+                    pm.execute_notebook(str(notebook_path), str(run_path / notebook_path.name),
+                                        parameters=parameters, cwd=str(notebook_path.parent.resolve()),
+                                        kernel_name="python3", language="python", progress_bar=False,
+                                        log_output=False, stdout_file=log, stderr_file=log,
+                                        execution_timeout=timeout)
+                except pm.PapermillExecutionError as err:
+                    evalue = (err.evalue or "").strip().splitlines()
+                    error = f"cell {err.exec_count}: {err.ename}: {evalue[0] if evalue else ''}".rstrip(": ")
+                except Exception as err:  # kernel died, timeout, unreadable notebook: the run failed, others go on
+                    error = one_line(err)
+                if not (error and KERNEL_START_FAILED in error and attempt < KERNEL_START_RETRIES):
+                    break
+                # Kernels started at the same moment by parallel runs can race for the same TCP ports; the
+                # notebook never ran, so starting it again is safe.
+                log.write(f"\nkernel failed to start ({error}); starting it again\n")
             if error:
                 log.write(f"\nrun failed: {error}\n")
         status = {"run_id": run_path.name, "status": "failed" if error else "done", "error": error,
