@@ -58,6 +58,35 @@ class BatchSummary:
                 "compute_seconds": round(self.compute_seconds, 3)}
 
 
+def finish_batch(summary: BatchSummary, failures: FailureLog, start: float) -> BatchSummary:
+    """Close a batch: its wall time, ``failures.jsonl`` written, the failed items listed."""
+    summary.seconds = time.perf_counter() - start
+    failures.write()
+    summary.failed = list(failures.items)
+    return summary
+
+
+def record_item(summary: BatchSummary, failures: FailureLog, item: str, tiles: int, error: str | None) -> None:
+    """One slide (or coords file) finished: a failure, or done with its tile count."""
+    if error:
+        failures.add(item, error)
+    else:
+        summary.done.append(item)
+        summary.tiles += tiles
+
+
+def extraction_todo(source: str | Path | list, out_dir: str | Path, encoder_name: str
+                    ) -> tuple[Path, FailureLog, BatchSummary, list[Path]]:
+    """(out_dir, failure log, summary with the skipped files, coords files still to encode with the encoder)."""
+    files = _coords_files(source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures, summary = FailureLog(out_dir / "failures.jsonl"), BatchSummary()
+    todo = [f for f in files if not is_complete(out_dir / f.name, need_features=True, encoder=encoder_name)]
+    summary.skipped = [str(f) for f in files if f not in todo]
+    return out_dir, failures, summary, todo
+
+
 def _progress(iterable, total: int, desc: str, show: bool):
     if not show:
         return iterable
@@ -158,10 +187,7 @@ def tile_slides(slides: list[str | Path], out_dir: str | Path, mpp: float = 0.5,
             continue
         summary.done.append(str(slide_path))
         summary.tiles += n
-    summary.seconds = time.perf_counter() - start
-    failures.write()
-    summary.failed = list(failures.items)
-    return summary
+    return finish_batch(summary, failures, start)
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -293,14 +319,8 @@ def extract_features(source: str | Path | list, encoder: str | Path, out_dir: st
     from pathkit.models.encoders import load_encoder
 
     device = _device_of(device)
-    files = _coords_files(source)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failures = FailureLog(out_dir / "failures.jsonl")
-    summary = BatchSummary()
     encoder_name = str(encoder)
-    todo = [f for f in files if not is_complete(out_dir / f.name, need_features=True, encoder=encoder_name)]
-    summary.skipped = [str(f) for f in files if f not in todo]
+    out_dir, failures, summary, todo = extraction_todo(source, out_dir, encoder_name)
     if not todo:
         failures.write()
         return summary
@@ -322,10 +342,7 @@ def extract_features(source: str | Path | list, encoder: str | Path, out_dir: st
             continue
         summary.done.append(str(coords_file))
         summary.tiles += len(coords)
-    summary.seconds = time.perf_counter() - start
-    failures.write()
-    summary.failed = list(failures.items)
-    return summary
+    return finish_batch(summary, failures, start)
 
 
 # ------------------------------------------------------------------------------------------------ notebooks

@@ -16,7 +16,14 @@ from typing import Any
 
 from pathkit.io import FailureLog, one_line
 from pathkit.wsi.features import is_complete
-from pathkit.wsi.pipeline import BatchSummary, _coords_files, _progress, tile_slide
+from pathkit.wsi.pipeline import (
+    BatchSummary,
+    _progress,
+    extraction_todo,
+    finish_batch,
+    record_item,
+    tile_slide,
+)
 
 
 def _tile_one(slide_path: str, out_dir: str, kwargs: dict[str, Any]) -> tuple[str, int, str | None]:
@@ -52,19 +59,11 @@ def tile_slides_ray(slides: list[str | Path], out_dir: str | Path, address: str 
         named = {str(s.resolve()): str(s) for s in todo}  # workers get absolute paths; reports name them as given
         refs = [task.remote(s, str(out_dir), kwargs) for s in named]
         for absolute, n, error in _progress(_as_completed(refs), len(refs), "tile (ray)", progress):
-            slide = named[absolute]
-            if error:
-                failures.add(slide, error)
-            else:
-                summary.done.append(slide)
-                summary.tiles += n
+            record_item(summary, failures, named[absolute], n, error)
     finally:
         if started:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - start
-    failures.write()
-    summary.failed = list(failures.items)
-    return summary
+    return finish_batch(summary, failures, start)
 
 
 def _as_completed(refs):
@@ -128,13 +127,8 @@ def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir
 
     from pathkit.sweep.engines import start_ray
 
-    files = _coords_files(source)
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failures, summary = FailureLog(out_dir / "failures.jsonl"), BatchSummary()
     name = str(encoder)
-    todo = [f for f in files if not is_complete(out_dir / f.name, need_features=True, encoder=name)]
-    summary.skipped = [str(f) for f in files if f not in todo]
+    out_dir, failures, summary, todo = extraction_todo(source, Path(out_dir).resolve(), name)
     if not todo:
         failures.write()
         return summary
@@ -150,18 +144,10 @@ def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir
         named = {str(f.resolve()): str(f) for f in todo}
         results = pool.map_unordered(lambda a, f: a.encode.remote(f), list(named))
         for absolute, tiles, error, wait, compute in _progress(results, len(todo), "extract (ray)", progress):
-            coords_file = named[absolute]
             summary.load_wait_seconds += wait
             summary.compute_seconds += compute
-            if error:
-                failures.add(coords_file, error)
-            else:
-                summary.done.append(coords_file)
-                summary.tiles += tiles
+            record_item(summary, failures, named[absolute], tiles, error)
     finally:
         if started:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - start
-    failures.write()
-    summary.failed = list(failures.items)
-    return summary
+    return finish_batch(summary, failures, start)
