@@ -39,6 +39,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on building ``folder`` (``.<name>.lock`` beside it, ``flock``, released on exit).
+
+    Concurrent runs that share a data folder build it once: the second waits, then finds it complete. The lock
+    dies with its process, so a killed build never leaves the folder locked."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f".{folder.name}.lock"
+    with open(lock, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def replace_folder(tmp: str | Path, final: str | Path) -> Path:
+    """Move a finished folder ``tmp`` onto ``final``: an old ``final`` is renamed aside first, then removed, so a
+    folder under its final name is always complete (call under :func:`folder_lock`)."""
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)

@@ -236,7 +236,7 @@ def test_contrastive_training_learns_slide_reports_quickly(tmp_path):
     assert after["zero_shot_accuracy"] >= 0.75  # chance 0.25
     assert after["t2i_r5"] > before["t2i_r5"] + 0.2
     assert module.history[-1]["loss"] < module.history[0]["loss"]
-    assert all(h["samples_per_sec"] > 0 for h in module.history)
+    assert all(h["samples_per_s"] > 0 for h in module.history)
 
 
 def test_train_clip_on_synthetic_tiles_rises_from_chance(tmp_path):

@@ -179,3 +179,40 @@ def answers_in_order(out_jsonl: str | Path, question_ids: Sequence[Any]) -> list
     """Answer texts in the order of ``question_ids`` ("" for a missing one)."""
     by_id = {str(r["question_id"]): r.get("text", "") for _, r in iter_jsonl(out_jsonl, strict=False)}
     return [by_id.get(str(q), "") for q in question_ids]
+
+
+# ------------------------------------------------------------------------------------------------ in memory
+
+
+def answer_questions(model: Any, questions: list[dict[str, Any]], cfg: Any, batch_size: int | None = None
+                     ) -> list[str]:
+    """Greedy answers of an in-memory ``model`` to questions whose ``image`` is an absolute tile path or slide
+    feature file, loaded exactly as training loads them (the encoder's preprocessing, the connector's tiling;
+    ``cfg`` is the Config the model was trained with). A prompt without ``<image>`` gets one in front."""
+    import torch
+
+    from pathkit.curate.llava_format import is_feature_file
+    from pathkit.train.data import FeatureLoader
+    from pathkit.train.runner import image_loader_for
+
+    batch_size = batch_size or cfg.eval.batch_size
+    load_image = image_loader_for(model, cfg)
+    load_features = FeatureLoader()
+    model.eval()
+    answers: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            texts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in chunk]
+            if is_feature_file(chunk[0]["image"]):
+                feats = [load_features(q["image"]) for q in chunk]
+                out = model.answer(texts, slide_features=[f["features"] for f in feats],
+                                   slide_coords=[f["coords"] for f in feats],
+                                   max_new_tokens=cfg.eval.max_new_tokens)
+            else:
+                images = [load_image(q["image"]) for q in chunk]
+                same = all(im.shape == images[0].shape for im in images)
+                out = model.answer(texts, images=torch.stack(images) if same else images,
+                                   max_new_tokens=cfg.eval.max_new_tokens)
+            answers.extend(out)
+    return answers

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from pathkit.io import PathkitError, write_json, write_jsonl
 from pathkit.models.clip import PathologyCLIP, build_clip, retrieval_metrics
 from pathkit.train.checkpointing import LastCheckpoint
-from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader
+from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader, coords_or_grid
 from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -131,10 +131,12 @@ class SlideReportDataset(Dataset):
         if index not in self._cache:
             from pathkit.wsi.features import read_features
 
-            coords, feats, _ = read_features(rec["features"])
+            coords, feats, attrs = read_features(rec["features"])
             if feats is None:
                 raise PathkitError(f"{rec['features']}: no 'features' dataset (a coords-only file)")
-            self._cache[index] = (torch.from_numpy(feats), torch.from_numpy(coords).float())
+            coords = coords_or_grid(coords, len(feats), attrs)
+            self._cache[index] = (torch.as_tensor(np.asarray(feats), dtype=torch.float32),
+                                  torch.from_numpy(coords).float())
         feats, coords = self._cache[index]
         return {"features": feats, "coords": coords, "text": rec["report"], "label": rec["diagnosis"]}
 
@@ -286,10 +288,10 @@ class ContrastiveModule(L.LightningModule):
         """Once per optimiser step (before callbacks' ``on_train_batch_end``, so checkpoints hold the row)."""
         now = time.perf_counter()
         sps = self._acc_n / max(now - (self._t_last or now), 1e-9)
-        self.log("train/samples_per_sec", sps, batch_size=max(1, self._acc_n))
+        self.log("train/samples_per_s", sps, batch_size=max(1, self._acc_n))
         lr = optimizer.param_groups[0]["lr"]
         self.history.append({"step": int(self.global_step), **getattr(self, "_last", {}),
-                             "n": self._acc_n, "samples_per_sec": sps, "lr": lr})
+                             "n": self._acc_n, "samples_per_s": sps, "lr": lr})
         self._acc_n, self._t_last = 0, now
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -341,6 +343,11 @@ def evaluate_clip(model: PathologyCLIP, dataset: Dataset, collate, class_prompts
         texts += batch["texts"]
     img, txt = torch.cat(imgs), torch.cat(txts)
     metrics = retrieval_metrics(img, txt, (1, 5), positives_from_texts(texts, img.device))
+    metrics["retrieval_chance_r1"] = 1.0 / len(texts)
+    metrics["n"] = len(texts)
+    if not class_prompts:  # unlabelled pairs: no zero-shot classes
+        model.train(was_training)
+        return metrics
     names, cls = model.class_embeddings(class_prompts)
     pred = (img @ cls.t()).argmax(dim=-1).tolist()
     metrics["zero_shot_accuracy"] = float(np.mean([names[p] == y for p, y in zip(pred, labels)]))
@@ -362,6 +369,22 @@ def _to_device(images, device):
 
 
 # ------------------------------------------------------------------------------------------------------- runs
+
+
+def pairs_data(source: str, pairs: list[dict[str, Any]], preprocess=None
+               ) -> tuple[Dataset, Dataset, Any, dict[str, list[str]]]:
+    """(train set, evaluation set, collate, class prompts) from LLaVA records in their ``pairs`` view (``image``
+    an absolute image or slide feature path, the first ``gpt`` turn the text, ``label`` the class when known).
+    Retrieval and zero-shot are measured on the training pairs (a file has no held-out split)."""
+    labels = sorted({str(r["label"]) for r in pairs if r.get("label") is not None})
+    texts = [r["conversations"][1]["value"] for r in pairs]
+    if source == "tiles":
+        rows = [{"image": r["image"], "caption": t, "label": str(r.get("label", ""))} for r, t in zip(pairs, texts)]
+        ds = TileCaptionDataset(rows, Path("/"), preprocess)
+        return ds, ds, collate_tiles, tile_class_prompts(labels)
+    rows = [{"features": r["image"], "report": t, "diagnosis": str(r.get("label", ""))} for r, t in zip(pairs, texts)]
+    ds = SlideReportDataset(rows)
+    return ds, ds, collate_slides, slide_class_prompts(labels)
 
 
 def clip_data(cfg, source: str, data_dir: str | Path, preprocess=None, seed: int = 0
@@ -396,6 +419,7 @@ def _run_key(cfg, **settings: Any) -> str:
 
 
 def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str | Path | None = None,
+               pairs: list[dict[str, Any]] | None = None,
                vision: str | None = None, epochs: int | None = None, batch_size: int | None = None,
                lr: float | None = None, weight_decay: float = 0.1, warmup_ratio: float = 0.1,
                max_steps: int = -1, itm_weight: float | None = None, freeze: Sequence[str] = (),
@@ -411,6 +435,7 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
             ``metrics.json``).
         source: ``tiles`` (image-caption pairs) or ``slides`` (slide features + reports).
         data_dir: where the synthetic data lives or is built (a notebook workdir); default ``out_dir``.
+        pairs: train on these LLaVA records (``pairs`` view) instead of the synthetic data.
         vision: image tower: ``image`` (default for tiles), ``longnet`` (default for slides) or ``mean``.
         epochs, batch_size, lr: default ``cfg.train``'s.
         max_steps: > 0 caps optimiser steps. itm_weight: default ``cfg.clip.itm_weight``.
@@ -430,7 +455,7 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
         before_threads = torch.get_num_threads()
         torch.set_num_threads(num_threads)
         try:
-            return train_clip(cfg, out_dir, source=source, data_dir=data_dir, vision=vision, epochs=epochs,
+            return train_clip(cfg, out_dir, source=source, data_dir=data_dir, pairs=pairs, vision=vision, epochs=epochs,
                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                               max_steps=max_steps, itm_weight=itm_weight, freeze=freeze, seed=seed,
                               progress=progress, evaluate=evaluate, resume=resume,
@@ -442,7 +467,10 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
     L.seed_everything(seed, workers=True, verbose=False)
     vision = vision or ("image" if source == "tiles" else "longnet")
     model = build_clip(cfg, vision=vision)
-    train_set, held_set, collate, prompts = clip_data(cfg, source, data_dir or out_dir, model.preprocess, seed)
+    if pairs is not None:
+        train_set, held_set, collate, prompts = pairs_data(source, pairs, model.preprocess)
+    else:
+        train_set, held_set, collate, prompts = clip_data(cfg, source, data_dir or out_dir, model.preprocess, seed)
     t = cfg.train
     epochs = epochs or t.epochs
     batch_size = batch_size or t.batch_size
@@ -481,7 +509,7 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
     model.save_pretrained(out_dir / "model")
     seen = sum(h["n"] for h in module.history[module.resumed_rows:])  # samples trained in this call
     summary = {"source": source, "vision": vision, "steps": len(module.history), "epochs": epochs,
-               "batch_size": batch_size, "seconds": seconds, "samples_per_sec": seen / max(seconds, 1e-9),
+               "batch_size": batch_size, "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9),
                "final_loss": module.history[-1]["loss"] if module.history else None,
                "temperature": model.temperature, "before": before, "after": after,
                "model": str(out_dir / "model"), "resumed_from": str(resume_from) if resume_from else None}

@@ -1,6 +1,8 @@
-"""``run_recipe``: train every stage of a recipe in order, checkpoint, resume, evaluate, summarise.
+"""``run_recipe``: train every stage of a recipe in order on its training file, checkpoint, resume, summarise.
 
-For each stage the runner builds the data the stage names, wraps the model in the stage's Lightning module and
+Training reads only files: each stage gets a LLaVA JSON/JSONL file (``train_data``: one file for every stage, or
+``{stage: file}``; :func:`pathkit.workdir.tutorial_data` writes the tutorial's), validated as a whole before
+the first stage (:mod:`pathkit.train.records`), and takes its view of the records. For each stage the runner wraps the model in the stage's Lightning module and
 fits it with a Lightning ``Trainer`` (bf16-mixed on a GPU, 32-true on CPU, gradient accumulation, gradient
 clipping, any Lightning strategy: ``cfg.train.strategy`` = ``ddp``, ``fsdp``, ...). Outputs::
 
@@ -10,8 +12,9 @@ clipping, any Lightning strategy: ``cfg.train.strategy`` = ``ddp``, ``fsdp``, ..
     out_dir/<stage>/logs/                   CSV and TensorBoard logs
     out_dir/<stage>/model/                  VisionLanguageModel.save_pretrained (or the contrastive towers)
     out_dir/<stage>/stage_summary.json      final train loss, samples/s, tokens/s, trainable parameters, time
-    out_dir/eval/answers.jsonl              greedy answers to the held-out questions (LLaVA answer format)
-    out_dir/summary.json                    per stage + closed_accuracy, yes_no_accuracy, open_recall
+    out_dir/bad_records.jsonl               with ``skip_bad_records``: the records left out, one problem each
+    out_dir/summary.json                    per stage, train_seconds, wall_seconds (evaluation adds its scores:
+                                            :func:`pathkit.eval.recipe_run.train_and_evaluate`)
 
 Stage N+1 starts from stage N's model (in memory, or from ``out_dir/<N>/model`` when stage N finished in an
 earlier run). A stage whose ``model/`` exists is skipped on restart; a stage with ``last.ckpt`` resumes there.
@@ -23,6 +26,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,39 +69,61 @@ def precision_for(cfg: Config) -> str:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def tile_root(data_dir: Path) -> Path:
-    return data_dir / "synthetic" / "tiles"
+def stage_files(recipe: Recipe, train_data: str | Path | dict[str, str | Path] | None) -> dict[str, Path]:
+    """Each stage's training file: ``train_data`` (one file for all stages, or ``{stage: file}``), else the
+    stage's own ``DataSpec.path``. A stage without a file is a one-line error naming it."""
+    names = [s.name for s in recipe.stages]
+    given = {} if train_data is None else (
+        dict(train_data) if isinstance(train_data, dict) else {n: train_data for n in names})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise PathkitError(f"--train-data {unknown[0]}=...: recipe {recipe.name} has no stage {unknown[0]!r}; "
+                           f"stages: {names}")
+    files = {}
+    for stage in recipe.stages:
+        path = given.get(stage.name) or stage.data.path
+        if not path:
+            raise PathkitError(f"stage {stage.name}: no training data: give --train-data FILE (or "
+                               f"{stage.name}=FILE); the tutorial's files come from pathkit.workdir.tutorial_data")
+        files[stage.name] = Path(path)
+    return files
 
 
-def ensure_tiles(cfg: Config, data_dir: Path):
-    from pathkit.synthetic.tiles import ensure_tile_dataset
+def read_stage_files(files: dict[str, Path], image_folder: str | Path | None, skip_bad_records: bool,
+                     out_dir: Path) -> dict[Path, list[dict[str, Any]]]:
+    """Every training file read and validated once, before any stage trains (a bad record found after an
+    hour of training is an hour lost). Bad records of every file go to ``out_dir/bad_records.jsonl``."""
+    from pathkit.train.records import BadRecordsError, read_training_file
 
-    return ensure_tile_dataset(tile_root(data_dir), cfg.synthetic, seed=cfg.seed, progress=False)
+    out: dict[Path, list[dict[str, Any]]] = {}
+    skipped: list[dict[str, Any]] = []
+    for path in dict.fromkeys(files.values()):
+        try:
+            out[path] = read_training_file(path, image_folder, skip_bad_records=False)
+        except BadRecordsError as err:
+            if not skip_bad_records:
+                raise
+            out[path] = read_training_file(path, image_folder, skip_bad_records=True)
+            skipped += [b.to_dict() for b in err.bad]
+    bad_path = out_dir / "bad_records.jsonl"
+    if skipped:
+        write_jsonl(bad_path, skipped)
+    else:
+        bad_path.unlink(missing_ok=True)
+    return out
 
 
-def stage_records(stage: Stage, cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
-    """LLaVA records for a VLM stage's data spec (tiles or slides, captions/describe/instruct)."""
-    from pathkit.train import data as D
+def stage_records(stage: Stage, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage's view of its file's records (``DataSpec.format``), capped at ``max_samples``."""
+    from pathkit.train.records import stage_view
 
     spec = stage.data
-    if spec.source == "tiles":
-        ds = ensure_tiles(cfg, data_dir)
-        if spec.format == "instruct":
-            records = D.read_llava_json(ds.paths[f"{spec.split}_llava"], root=ds.root)
-            if spec.extra_closed:
-                rows = D.read_metadata(ds.paths["metadata"], spec.split)
-                records += D.closed_question_records(rows, spec.extra_closed, seed=cfg.seed)
-        else:
-            records = D.caption_records(D.read_metadata(ds.paths["metadata"], spec.split), spec.format)
-    else:
-        from pathkit.train.slide_data import slide_records
-
-        records = slide_records(cfg, data_dir, spec.format, spec.split)
+    out = stage_view(records, spec.format)
     if spec.max_samples:
-        records = records[: spec.max_samples]
-    if not records:
-        raise PathkitError(f"stage {stage.name}: no {spec.source}/{spec.format} records in split {spec.split!r}")
-    return records
+        out = out[: spec.max_samples]
+    if not out:
+        raise PathkitError(f"stage {stage.name}: no records for its {spec.format} view (image records needed)")
+    return out
 
 
 def image_loader_for(model, cfg: Config):
@@ -200,7 +226,7 @@ def _median(values: list[float]) -> float | None:
     return values[len(values) // 2]
 
 
-def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Path, stage_dir: Path,
+def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: list[dict[str, Any]], stage_dir: Path,
                   resume: bool, checkpoint_every: int, stop_after_steps: int | None, progress: bool,
                   unsharded=None):
     """Fit one VLM stage; returns ``(model, stage summary)`` (summary None when stopped early).
@@ -211,11 +237,14 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
     from pathkit.train.strategies import full_state_dict, is_fsdp
     from pathkit.train.vlm_module import VLMModule
 
-    records = stage_records(stage, cfg, data_dir)
     template = stage.data.template or cfg.llm.chat_template
     max_length = stage.max_length or cfg.llm.max_length
     dataset = ConversationDataset(records, model.tokenizer, template, max_length,
                                   load_image=image_loader_for(model, cfg))
+    truncated = dataset.count_truncated()
+    if truncated:
+        warnings.warn(f"stage {stage.name}: {truncated} of {len(records)} records are longer than "
+                      f"model_max_length={max_length} tokens and are truncated", stacklevel=2)
     datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
                                seed=cfg.seed, num_workers=cfg.train.num_workers)
     world = _world_size(cfg)
@@ -234,7 +263,7 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
     if stop_after_steps is not None and trainer.global_step < total_steps:
         return model, None
     summary = _stage_summary(module, stage, seconds, model)
-    summary.update(total_steps=total_steps, epochs=stage.epochs, records=len(records),
+    summary.update(total_steps=total_steps, epochs=stage.epochs, records=len(records), truncated=truncated,
                    resumed_from=str(ckpt) if ckpt else None)
     to_save = model
     if is_fsdp(trainer.strategy):  # this rank's parameters are shards: gather, load into an unsharded copy
@@ -291,147 +320,71 @@ def _load_slide_encoder(model, tower_dir: Path) -> None:
     target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-# ------------------------------------------------------------------------------------------------ evaluate
-
-
-def evaluate_vlm(model, recipe: Recipe, cfg: Config, data_dir: Path, out_dir: Path | None = None,
-                 max_questions: int | None = None) -> dict[str, Any]:
-    """Greedy answers to the held-out questions; closed accuracy (pathkit's default rule), open recall."""
-    import torch
-
-    if recipe.vision == "slide":
-        from pathkit.train.slide_data import slide_questions
-
-        questions = slide_questions(cfg, data_dir, split="heldout")
-    else:
-        ds = ensure_tiles(cfg, data_dir)
-        questions = [{**q, "image": str(ds.root / q["image"])} for q in ds.questions("heldout")]
-    if max_questions:
-        questions = questions[:max_questions]
-    answers = answer_questions(model, questions, cfg)
-    scores = score_answers(questions, answers)
-    if out_dir is not None:
-        rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": a, "answer_id": str(i),
-                 "model_id": recipe.name, "metadata": {"answer": q["answer"], "answer_type": q["answer_type"],
-                                                       "category": q.get("category")}}
-                for i, (q, a) in enumerate(zip(questions, answers))]
-        write_jsonl(out_dir / "eval" / "answers.jsonl", rows)
-    del torch
-    return scores
-
-
-def answer_questions(model, questions: list[dict[str, Any]], cfg: Config, batch_size: int | None = None
-                     ) -> list[str]:
-    """Greedy answers of ``model`` to evaluation questions (``image`` = tile path or slide feature file)."""
-    import torch
-
-    from pathkit.train.data import FeatureLoader
-
-    batch_size = batch_size or cfg.eval.batch_size
-    load_image = image_loader_for(model, cfg)
-    load_features = FeatureLoader()
-    model.eval()
-    answers: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(questions), batch_size):
-            chunk = questions[start:start + batch_size]
-            texts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in chunk]
-            if str(chunk[0]["image"]).endswith(".h5"):
-                feats = [load_features(q["image"]) for q in chunk]
-                out = model.answer(texts, slide_features=[f["features"] for f in feats],
-                                   slide_coords=[f["coords"] for f in feats],
-                                   max_new_tokens=cfg.eval.max_new_tokens)
-            else:
-                images = [load_image(q["image"]) for q in chunk]
-                same = all(im.shape == images[0].shape for im in images)
-                out = model.answer(texts, images=torch.stack(images) if same else images,
-                                   max_new_tokens=cfg.eval.max_new_tokens)
-            answers.extend(out)
-    return answers
-
-
-def score_answers(questions: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
-    """closed_accuracy (yes/no + lettered), yes_no_accuracy, choice_accuracy, open_recall, per category."""
-    from pathkit.eval.metrics import closed_correct, open_recall
-
-    per_cat: dict[str, list[float]] = {}
-    closed, yes_no, choice, opened = [], [], [], []
-    for q, a in zip(questions, answers):
-        if q["answer_type"].upper() == "CLOSED":
-            hit = float(closed_correct(a, q["answer"]))
-            closed.append(hit)
-            (yes_no if q["answer"].lower() in ("yes", "no") else choice).append(hit)
-        else:
-            hit = float(open_recall(a, q["answer"]))
-            opened.append(hit)
-        per_cat.setdefault(q.get("category") or q["answer_type"], []).append(hit)
-
-    def mean(values: list[float]) -> float | None:
-        return round(sum(values) / len(values), 4) if values else None
-
-    return {"closed_accuracy": mean(closed), "yes_no_accuracy": mean(yes_no), "choice_accuracy": mean(choice),
-            "open_recall": mean(opened), "n_closed": len(closed), "n_yes_no": len(yes_no), "n_open": len(opened),
-            "per_category": {k: mean(v) for k, v in sorted(per_cat.items())}}
-
-
 # ------------------------------------------------------------------------------------------------ recipe
 
 
-def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = True,
-               data_dir: str | Path | None = None, checkpoint_every: int = 20,
-               stop_after_steps: int | None = None, progress: bool = False, evaluate: bool = True
+def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path,
+               train_data: str | Path | dict[str, str | Path] | None = None, *,
+               image_folder: str | Path | None = None, skip_bad_records: bool = False, resume: bool = True,
+               checkpoint_every: int = 20, stop_after_steps: int | None = None, progress: bool = False
                ) -> dict[str, Any]:
-    """Train every stage of ``recipe`` in order, evaluate on the held-out split, write ``summary.json``.
+    """Train every stage of ``recipe`` in order on its training file, write ``summary.json``.
 
     Args:
         recipe: the stages (see :mod:`pathkit.train.recipes`).
         cfg: the preset Config; the recipe's and each stage's overrides are applied on top.
         out_dir: where stages, logs, checkpoints and the summary go.
+        train_data: a LLaVA JSON/JSONL file for every stage, or ``{stage: file}``; stages not named use their
+            ``DataSpec.path``.
+        image_folder: where relative ``image`` paths resolve (LLaVA's ``--image_folder``; default each file's
+            folder).
+        skip_bad_records: train on a file's good records and list the bad ones in ``out_dir/bad_records.jsonl``
+            (default: a bad record stops the run before training, naming each problem).
         resume: reuse finished stages and continue an interrupted stage from its ``last.ckpt``.
-        data_dir: the workdir holding ``synthetic/tiles``, ``synthetic/slides``, ``wsi`` (default ``out_dir``).
         checkpoint_every: optimiser steps between ``last.ckpt`` saves.
         stop_after_steps: stop the first unfinished stage after this many optimiser steps (simulates a kill;
             the summary then says ``interrupted``).
     Returns:
-        the summary dict (also written to ``out_dir/summary.json``).
+        the summary dict (also written to ``out_dir/summary.json``); ``summary["model_dir"]`` is the last VLM
+        stage's saved model.
     """
     import lightning as L
 
     _cpu_threads(cfg)
     out_dir = Path(out_dir)
-    data_dir = Path(data_dir) if data_dir is not None else out_dir
+    files = stage_files(recipe, train_data)
+    records_by_file = read_stage_files(files, image_folder, skip_bad_records, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_run_dir(out_dir, recipe, cfg, resume)
-    summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {}}
+    summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {},
+                               "train_data": {name: str(path) for name, path in files.items()}}
     t_start = time.perf_counter()
     model = None
     previous_dir: Path | None = None
-    final_cfg = cfg
     for stage in recipe.stages:
         scfg = stage_config(cfg, recipe, stage)
         L.seed_everything(scfg.seed, workers=True, verbose=False)
         stage_dir = out_dir / stage.name
         done = stage_dir / "stage_summary.json"
+        records = stage_records(stage, records_by_file[files[stage.name]])
         if resume and done.exists() and (stage_dir / "model").exists():
             summary["stages"][stage.name] = {**read_json(done), "reused": True}
             if stage.kind == "vlm":
                 model, previous_dir = None, stage_dir / "model"
-                final_cfg = scfg
             continue
         if stage.kind == "contrastive":
             from pathkit.train.contrastive_stage import run_contrastive_stage
 
-            result = run_contrastive_stage(recipe, stage, scfg, data_dir, stage_dir, resume=resume,
+            result = run_contrastive_stage(recipe, stage, scfg, records, stage_dir, resume=resume,
                                            progress=progress, checkpoint_every=checkpoint_every,
                                            stop_after_steps=stop_after_steps)
         else:
             if model is None:
                 model = build_vlm(scfg, recipe, stage, out_dir, previous_dir)
             model, result = run_vlm_stage(
-                model, recipe, stage, scfg, data_dir, stage_dir, resume, checkpoint_every, stop_after_steps,
+                model, recipe, stage, scfg, records, stage_dir, resume, checkpoint_every, stop_after_steps,
                 progress, unsharded=lambda s=stage, c=scfg, p=previous_dir: build_vlm(c, recipe, s, out_dir, p))
             previous_dir = stage_dir / "model"
-            final_cfg = scfg
         if result is None:
             summary["interrupted"] = {"stage": stage.name, "after_steps": stop_after_steps}
             write_json(out_dir / "summary.json", summary)
@@ -440,23 +393,16 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = 
     # every stage's own training time (a reused stage keeps the seconds it took), and this call's wall time
     summary["train_seconds"] = round(sum(float(st.get("seconds") or 0.0) for st in summary["stages"].values()), 2)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-    if evaluate and _is_rank_zero():
-        if model is None:
-            from pathkit.models.vlm import VisionLanguageModel
-
-            model = VisionLanguageModel.from_pretrained(previous_dir)
-        t0 = time.perf_counter()
-        summary.update(evaluate_vlm(model, recipe, final_cfg, data_dir, out_dir))
-        summary["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    summary["model_dir"] = str(previous_dir) if previous_dir is not None else None
     if _is_rank_zero():
         write_json(out_dir / "summary.json", summary)
-        try:
-            from pathkit.viz.training_figures import plot_recipe_curves
-
-            plot_recipe_curves(out_dir, out_dir / "curves.png")
-        except Exception as err:  # a figure must never fail a training run
-            summary["figure_error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
     return summary
+
+
+def final_vlm_config(cfg: Config, recipe: Recipe) -> Config:
+    """The Config of the recipe's last VLM stage (what its model was built and is evaluated with)."""
+    vlm = [s for s in recipe.stages if s.kind == "vlm"]
+    return stage_config(cfg, recipe, vlm[-1]) if vlm else cfg
 
 
 def _cpu_threads(cfg: Config) -> None:

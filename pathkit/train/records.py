@@ -1,0 +1,102 @@
+"""A stage's training records from a file: validate the whole file, resolve its images, take the stage's view.
+
+A training file is LLaVA JSON (a list) or JSONL (one record a line) in the DESIGN.md contract. ``image`` is a
+path relative to the image folder (LLaVA's ``--image_folder``; default the file's own folder), a list of paths,
+a slide feature file, or absent (a text-only record). Every record is checked before training
+(:func:`pathkit.curate.llava_format.check_llava_file`, streamed); a file with bad records stops the run with
+one line per problem and a summary, unless ``skip_bad_records``, which trains on the rest and lists the bad ones
+in ``bad_records.jsonl``.
+
+Each stage takes a view of the same records (``DataSpec.format``):
+
+* ``captions``: LLaVA's ``plain`` pre-training: ``<image>`` then the first assistant turn;
+* ``describe``: a describe-the-image instruction answered by the first assistant turn (PA-LLaVA's
+  ``dataformat.py``); a record whose first human turn already asks something keeps it;
+* ``instruct``: every turn, text-only records included;
+* ``pairs``: the image and the first assistant turn, for contrastive stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pathkit.curate.llava_format import BadRecord, bad_records_line, check_llava_file, image_paths
+from pathkit.io import PathkitError, write_jsonl
+
+VIEWS = ("captions", "describe", "instruct", "pairs")
+
+# PA-LLaVA's dataformat.py draws one of 21 captioning prompts (pt_prompt.txt) per pair; a few of the same kind.
+DESCRIBE_PROMPTS = (
+    "Describe the histopathology image in detail.",
+    "What does this pathology image show?",
+    "Provide a description of the tissue in the image.",
+    "Summarize the morphological findings in this image.",
+    "Write a caption for this pathology image.",
+    "Explain what is visible in this microscopy image.",
+)
+
+
+class BadRecordsError(PathkitError):
+    """A training file with bad records: ``str()`` is the one-line summary, ``problems`` one line each."""
+
+    def __init__(self, path: str | Path, bad: list[BadRecord]):
+        super().__init__(bad_records_line(path, bad))
+        self.bad = bad
+        self.problems = [b.line() for b in bad]
+
+
+def read_training_file(path: str | Path, image_folder: str | Path | None = None, skip_bad_records: bool = False,
+                       bad_records_out: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every good record of a training file, its ``image`` paths made absolute.
+
+    Bad records raise :class:`BadRecordsError`; with ``skip_bad_records`` they are left out and written to
+    ``bad_records_out`` (JSONL: file, index, id, field, problem)."""
+    path = Path(path)
+    good, bad = check_llava_file(path, image_folder)
+    if bad and not skip_bad_records:
+        raise BadRecordsError(path, bad)
+    if bad and bad_records_out is not None:
+        write_jsonl(bad_records_out, [b.to_dict() for b in bad])
+    if not good:
+        raise PathkitError(f"{path}: no usable records")
+    base = Path(image_folder) if image_folder is not None else path.parent
+    out = []
+    for rec in good:
+        if rec.get("image") is not None:
+            paths = [str(p) for p in image_paths(rec["image"], base)]
+            rec = {**rec, "image": paths if isinstance(rec["image"], list) else paths[0]}
+        out.append(rec)
+    return out
+
+
+def _first_exchange(rec: dict[str, Any]) -> tuple[str, str]:
+    turns = rec["conversations"]
+    return turns[0]["value"], turns[1]["value"]
+
+
+def stage_view(records: list[dict[str, Any]], view: str) -> list[dict[str, Any]]:
+    """The records a stage trains on (see the module docstring); text-only records only in ``instruct``."""
+    if view not in VIEWS:
+        raise PathkitError(f"view {view!r}: must be one of {VIEWS}")
+    if view == "instruct":
+        return list(records)
+    out = []
+    for rec in (r for r in records if r.get("image") is not None):
+        question, answer = _first_exchange(rec)
+        i = len(out)
+        if view == "describe" and question.replace("<image>", "").strip():
+            pass  # already an instruction: keep the first exchange as it is
+        elif view == "describe":
+            prompt = DESCRIBE_PROMPTS[i % len(DESCRIBE_PROMPTS)]
+            question = f"<image>\n{prompt}" if i % 2 == 0 else f"{prompt}\n<image>"  # PA-LLaVA: either side
+        else:  # captions and pairs: the bare image, then the answer
+            question = "<image>\n"
+        out.append({**rec, "conversations": [{"from": "human", "value": question},
+                                             {"from": "gpt", "value": answer}]})
+    return out
+
+
+def view_of_stage(stage: Any) -> str:
+    """The view a stage takes (its ``DataSpec.format``)."""
+    return stage.data.format
