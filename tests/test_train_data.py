@@ -14,10 +14,9 @@ from pathkit.train.data import (
     IGNORE_INDEX,
     ConversationDataset,
     LengthGroupedBatchSampler,
-    caption_records,
     pad_collate,
-    read_llava_json,
 )
+from pathkit.train.records import BadRecordsError, read_training_file, stage_view
 from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
 
 
@@ -55,7 +54,9 @@ def test_collator_pads_dynamically_and_masks_all_but_answers(tokenizer):
 
 
 def test_plain_template_supervises_only_the_caption(tokenizer):
-    recs = caption_records([{"id": "t", "image": "x.png", "caption": "Sheets of atypical cells."}], "captions")
+    recs = stage_view([{"id": "t", "image": "x.png", "conversations": _conv("<image>\nDescribe it.",
+                                                                            "Sheets of atypical cells.")}],
+                      "captions")
     assert recs[0]["conversations"][0]["value"].strip() == "<image>"
     ds = ConversationDataset(recs, tokenizer, "plain", max_length=64, load_image=lambda p: torch.zeros(3, 8, 8))
     item = ds[0]
@@ -69,8 +70,8 @@ def test_plain_template_supervises_only_the_caption(tokenizer):
 def test_bad_records_name_the_record_and_field(tmp_path, tokenizer):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"id": "ok", "conversations": _conv("q", "a")}, {"id": "x", "image": "a.png"}]))
-    with pytest.raises(PathkitError, match=r"bad.json: record 1: missing field 'conversations'"):
-        read_llava_json(path)
+    with pytest.raises(BadRecordsError, match=r"bad.json: 1 bad record \(first: #1 id=x: conversations"):
+        read_training_file(path)
     ds = ConversationDataset([{"id": "r7", "conversations": [{"from": "robot", "value": "hi"}]}], tokenizer,
                              "vicuna_v1", 64)
     with pytest.raises(PathkitError, match=r"record r7: .*'from'"):
