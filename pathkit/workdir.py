@@ -202,6 +202,26 @@ def slide_questions_file(cfg: Config, data_dir: str | Path, split: str = "heldou
     return path
 
 
+def clip_pairs(cfg: Config, data_dir: str | Path, source: str = "tiles"
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(training pairs, held-out pairs or None) for :func:`pathkit.train.contrastive.train_clip`: LLaVA records in
+    their ``pairs`` view with absolute paths. Tiles: the train and held-out splits; slides: every slide and its
+    report, measured on themselves (few slides at the tiny preset)."""
+    def pair(image: str, text: str, label: str, rid: str) -> dict[str, Any]:
+        return {"id": rid, "image": image, "label": label, "conversations": [
+            {"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": text}]}
+
+    if source == "tiles":
+        ds = tile_set(cfg, data_dir)
+        train, held = ([pair(str(ds.root / r["image"]), r["caption"], r["label"], r["id"]) for r in ds.metadata(s)]
+                       for s in ("train", "heldout"))
+        return train, held
+    if source == "slides":
+        return [pair(r["features"], r["report"], r["diagnosis"], Path(r["slide"]).stem)
+                for r in slide_features(cfg, data_dir)], None
+    raise PathkitError(f"clip_pairs: source={source!r}: must be tiles or slides")
+
+
 # ------------------------------------------------------------------------------------------------ recipes
 
 

@@ -85,7 +85,7 @@ def test_two_concurrent_train_runs_with_other_seeds_share_one_data_folder(tmp_pa
         roots.append(root)
         assert read_json(root / "done.json")["seed"] == seed  # the set this run asked for, not the other's
         assert summary["n_closed"] > 0 and Path(summary["eval_questions"]).parent == root
-        assert "seed: {}".format(seed) in (tmp_path / f"run{seed}" / "config.yaml").read_text()
+        assert f"seed: {seed}" in (tmp_path / f"run{seed}" / "config.yaml").read_text()
     assert roots[0] != roots[1] and roots[0].parent == roots[1].parent == data / "synthetic"
     a = json.loads((roots[0] / "train_llava.json").read_text())
     b = json.loads((roots[1] / "train_llava.json").read_text())

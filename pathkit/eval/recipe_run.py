@@ -22,7 +22,7 @@ from pathkit.eval.score import read_questions, summary_scores
 from pathkit.io import write_json, write_jsonl
 from pathkit.train.recipes import Recipe
 from pathkit.train.runner import final_vlm_config, run_recipe
-from pathkit.workdir import tutorial_data
+from pathkit.workdir import clip_pairs, tutorial_data
 
 
 def evaluate_run(recipe: Recipe, cfg: Config, out_dir: str | Path, questions_file: str | Path, model: Any = None,
@@ -92,3 +92,18 @@ def _is_rank_zero() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def ensure_clip(workdir: str | Path, cfg: Config, seed: int = 0, source: str = "tiles", progress: bool = False,
+                **train_kwargs: Any):
+    """The CLIP under ``workdir/clip`` (``workdir/clip_slides`` for slides): loaded when complete
+    (``metrics.json`` present), else trained there on the tutorial's pairs first (notebook 06)."""
+    from pathkit.models.clip import PathologyCLIP
+    from pathkit.train.contrastive import train_clip
+
+    out_dir = Path(workdir) / ("clip" if source == "tiles" else "clip_slides")
+    if not ((out_dir / "metrics.json").is_file() and (out_dir / "model" / "clip_config.json").is_file()):
+        pairs, heldout = clip_pairs(cfg, workdir, source)
+        train_clip(cfg, out_dir, pairs, source=source, heldout_pairs=heldout, seed=seed, progress=progress,
+                   **train_kwargs)
+    return PathologyCLIP.from_pretrained(out_dir / "model")
