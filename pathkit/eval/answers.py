@@ -13,7 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pathkit.curate.llava_format import is_feature_file
 from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
+from pathkit.train.data import FeatureLoader
+from pathkit.train.runner import image_loader_for
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
 
@@ -190,10 +193,6 @@ def answer_questions(model: Any, questions: list[dict[str, Any]], cfg: Any, batc
     feature file, loaded exactly as training loads them (the encoder's preprocessing, the connector's tiling;
     ``cfg`` is the Config the model was trained with). A prompt without ``<image>`` gets one in front."""
     import torch
-
-    from pathkit.curate.llava_format import is_feature_file
-    from pathkit.train.data import FeatureLoader
-    from pathkit.train.runner import image_loader_for
 
     batch_size = batch_size or cfg.eval.batch_size
     load_image = image_loader_for(model, cfg)

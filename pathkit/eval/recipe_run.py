@@ -16,10 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from pathkit.config import Config
 from pathkit.eval.answers import answer_questions
 from pathkit.eval.score import read_questions, summary_scores
 from pathkit.io import write_json, write_jsonl
+from pathkit.models.clip import PathologyCLIP
+from pathkit.models.vlm import VisionLanguageModel
+from pathkit.train.contrastive import train_clip
 from pathkit.train.recipes import Recipe
 from pathkit.train.runner import final_vlm_config, run_recipe
 from pathkit.workdir import clip_pairs, tutorial_data
@@ -39,8 +44,6 @@ def evaluate_run(recipe: Recipe, cfg: Config, out_dir: str | Path, questions_fil
     if max_questions:
         questions = questions[:max_questions]
     if model is None:
-        from pathkit.models.vlm import VisionLanguageModel
-
         model = VisionLanguageModel.from_pretrained(out_dir / final_vlm_stage(recipe) / "model")
     answers = answer_questions(model, questions, final_vlm_config(cfg, recipe))
     rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": a, "answer_id": str(i),
@@ -89,8 +92,6 @@ def train_and_evaluate(recipe: Recipe, cfg: Config, out_dir: str | Path,
 
 
 def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -98,9 +99,6 @@ def ensure_clip(workdir: str | Path, cfg: Config, seed: int = 0, source: str = "
                 **train_kwargs: Any):
     """The CLIP under ``workdir/clip`` (``workdir/clip_slides`` for slides): loaded when complete
     (``metrics.json`` present), else trained there on the tutorial's pairs first (notebook 06)."""
-    from pathkit.models.clip import PathologyCLIP
-    from pathkit.train.contrastive import train_clip
-
     out_dir = Path(workdir) / ("clip" if source == "tiles" else "clip_slides")
     if not ((out_dir / "metrics.json").is_file() and (out_dir / "model" / "clip_config.json").is_file()):
         pairs, heldout = clip_pairs(cfg, workdir, source)

@@ -30,9 +30,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
+
 from pathkit.config import Config
-from pathkit.io import PathkitError, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.io import PathkitError, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.models.connectors import tile_image
+from pathkit.models.encoders import load_encoder
+from pathkit.models.vlm import VisionLanguageModel
+from pathkit.train.checkpointing import LastCheckpoint
+from pathkit.train.contrastive_stage import run_contrastive_stage
+from pathkit.train.data import ConsumedBatches, ConversationDataset, ImageLoader, VLMDataModule
 from pathkit.train.recipes import Recipe, Stage
+from pathkit.train.records import BadRecordsError, read_training_file, stage_view
+from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
+from pathkit.train.vlm_module import VLMModule, count_trainable
 
 
 def stage_config(cfg: Config, recipe: Recipe, stage: Stage) -> Config:
@@ -59,8 +74,6 @@ def with_overrides(cfg: Config, recipe: Recipe, changes: dict[str, Any]) -> tupl
 
 def precision_for(cfg: Config) -> str:
     """bf16-mixed (or what the config says) on a GPU; 32-true on CPU where bf16 autocast is slow."""
-    import torch
-
     if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():
         return "32-true"
     return cfg.train.precision
@@ -93,8 +106,6 @@ def read_stage_files(files: dict[str, Path], image_folder: str | Path | None, sk
                      out_dir: Path) -> dict[Path, list[dict[str, Any]]]:
     """Every training file read and validated once, before any stage trains (a bad record found after an
     hour of training is an hour lost). Bad records of every file go to ``out_dir/bad_records.jsonl``."""
-    from pathkit.train.records import BadRecordsError, read_training_file
-
     out: dict[Path, list[dict[str, Any]]] = {}
     skipped: list[dict[str, Any]] = []
     for path in dict.fromkeys(files.values()):
@@ -115,8 +126,6 @@ def read_stage_files(files: dict[str, Path], image_folder: str | Path | None, sk
 
 def stage_records(stage: Stage, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The stage's view of its file's records (``DataSpec.format``), capped at ``max_samples``."""
-    from pathkit.train.records import stage_view
-
     spec = stage.data
     out = stage_view(records, spec.format)
     if spec.max_samples:
@@ -128,21 +137,13 @@ def stage_records(stage: Stage, records: list[dict[str, Any]]) -> list[dict[str,
 
 def image_loader_for(model, cfg: Config):
     """Path -> model input for one image: (3, S, S), or (1 + tiles, 3, S, S) views for a tiling connector."""
-    from pathkit.train.data import ImageLoader
-
     preprocess = getattr(model, "preprocess", None)
     if preprocess is None:
-        from pathkit.models.encoders import load_encoder
-
         _, preprocess, _ = load_encoder(cfg.encoder.name)
     if cfg.connector.type != "scale_invariant":
         return ImageLoader(preprocess)
 
-    from pathkit.models.connectors import tile_image
-
     def load_views(path: str):
-        from PIL import Image
-
         with Image.open(path) as im:
             views, _ = tile_image(im.convert("RGB"), cfg.connector.tile_size, max_tiles=cfg.connector.max_tiles)
         return preprocess(views)  # (1 + tiles, 3, S, S)
@@ -154,17 +155,12 @@ def image_loader_for(model, cfg: Config):
 
 
 def _callbacks(stage_dir: Path, checkpoint_every: int, stop_after_steps: int | None):
-    from pathkit.train.checkpointing import LastCheckpoint
-    from pathkit.train.data import ConsumedBatches
-
     (stage_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return [ConsumedBatches(), LastCheckpoint(stage_dir / "checkpoints" / "last.ckpt", checkpoint_every,
                                               stop_after_steps)]
 
 
 def _loggers(stage_dir: Path):
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     loggers = [CSVLogger(str(stage_dir), name="logs", version="csv")]
     try:
         loggers.append(TensorBoardLogger(str(stage_dir), name="logs", version="tensorboard"))
@@ -175,10 +171,6 @@ def _loggers(stage_dir: Path):
 
 def make_trainer(cfg: Config, stage: Stage, stage_dir: Path, total_steps: int, checkpoint_every: int,
                  stop_after_steps: int | None, progress: bool):
-    import lightning as L
-
-    from pathkit.train.strategies import make_strategy
-
     accelerator = cfg.train.accelerator
     return L.Trainer(
         max_epochs=stage.epochs, max_steps=total_steps, accumulate_grad_batches=stage.grad_accum,
@@ -203,8 +195,6 @@ def _save_dir_atomically(save, final: Path) -> None:
 
 
 def _stage_summary(module, stage: Stage, seconds: float, model) -> dict[str, Any]:
-    from pathkit.train.vlm_module import count_trainable
-
     rows = module.step_losses
     tail = rows[-max(1, len(rows) // 10):] if rows else []
     steady = rows[1:] if len(rows) > 1 else rows  # the first step includes warm-up work
@@ -233,10 +223,6 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: lis
 
     ``unsharded``: builds a fresh model of the same structure; required under FSDP, where this rank's
     parameters are shards and the gathered weights are loaded into it for saving."""
-    from pathkit.train.data import ConversationDataset, VLMDataModule
-    from pathkit.train.strategies import full_state_dict, is_fsdp
-    from pathkit.train.vlm_module import VLMModule
-
     template = stage.data.template or cfg.llm.chat_template
     max_length = stage.max_length or cfg.llm.max_length
     dataset = ConversationDataset(records, model.tokenizer, template, max_length,
@@ -294,8 +280,6 @@ def _world_size(cfg: Config) -> int:
 
 def build_vlm(cfg: Config, recipe: Recipe, stage: Stage, out_dir: Path, previous_dir: Path | None):
     """Stage N+1's model: stage N's saved model, else a fresh one (towers taken from earlier stages)."""
-    from pathkit.models.vlm import VisionLanguageModel
-
     if previous_dir is not None:
         return VisionLanguageModel.from_pretrained(previous_dir)
     overrides = {}
@@ -311,8 +295,6 @@ def build_vlm(cfg: Config, recipe: Recipe, stage: Stage, out_dir: Path, previous
 
 
 def _load_slide_encoder(model, tower_dir: Path) -> None:
-    import torch
-
     path = tower_dir / "slide_encoder.pt"
     target = getattr(model, "slide_encoder", None)
     if target is None or not path.exists():
@@ -348,8 +330,6 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path,
         the summary dict (also written to ``out_dir/summary.json``); ``summary["model_dir"]`` is the last VLM
         stage's saved model.
     """
-    import lightning as L
-
     _cpu_threads(cfg)
     out_dir = Path(out_dir)
     files = stage_files(recipe, train_data)
@@ -373,8 +353,6 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path,
                 model, previous_dir = None, stage_dir / "model"
             continue
         if stage.kind == "contrastive":
-            from pathkit.train.contrastive_stage import run_contrastive_stage
-
             result = run_contrastive_stage(recipe, stage, scfg, records, stage_dir, resume=resume,
                                            progress=progress, checkpoint_every=checkpoint_every,
                                            stop_after_steps=stop_after_steps)
@@ -411,8 +389,6 @@ def _cpu_threads(cfg: Config) -> None:
     Tiny models have 64-wide matrices: splitting them over threads gains nothing, and on a busy 2-core machine
     OpenMP threads that wait for descheduled peers made a tiny training step 4-5x slower (measured: 4 -> 20
     samples/s at load average 10)."""
-    import torch
-
     threads = os.environ.get("PATHKIT_TORCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -426,8 +402,6 @@ def _claim_run_dir(out_dir: Path, recipe: Recipe, cfg: Config, resume: bool) -> 
     Finished stages are reused by name, so reusing them under a changed recipe or config would silently mix
     two experiments. ``resume=False`` retrains every stage and takes the folder over.
     """
-    from pathkit.io import atomic_write_text
-
     recipe_text, config_text = recipe.to_yaml(), cfg.to_yaml()
     recipe_path, config_path = out_dir / "recipe.yaml", out_dir / "config.yaml"
     if resume:
@@ -440,8 +414,6 @@ def _claim_run_dir(out_dir: Path, recipe: Recipe, cfg: Config, resume: bool) -> 
 
 
 def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
