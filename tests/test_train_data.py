@@ -135,3 +135,23 @@ def test_cosine_schedule_with_warmup():
     assert values[-1] == pytest.approx(0.1)
     assert values[50] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 47 / 97)))
     assert all(a >= b for a, b in zip(values[3:], values[4:]))  # monotone after warm-up
+
+
+def test_modality_grouping_keeps_images_and_text_apart_and_changes_nothing_for_one_modality():
+    lengths = np.random.default_rng(0).integers(5, 200, size=53).tolist()
+    modalities = [i % 5 != 0 for i in range(53)]  # every fifth record is text-only
+    mixed = LengthGroupedBatchSampler(lengths, 4, seed=1, modalities=modalities)
+    batches = list(mixed)
+    assert sorted(i for b in batches for i in b) == list(range(53)) and len(mixed) == len(batches)
+    assert all(len({modalities[i] for i in b}) == 1 for b in batches)  # never an image beside a text-only record
+    # one modality: exactly the batches of the plain length-grouped sampler (the tutorial's numerics stay put)
+    same = LengthGroupedBatchSampler(lengths, 4, seed=1, modalities=[True] * 53)
+    assert list(same) == list(LengthGroupedBatchSampler(lengths, 4, seed=1))
+
+
+def test_truncated_records_are_counted(tokenizer):
+    short = {"id": "s", "conversations": _conv("Is this tumor?", "yes")}
+    long = {"id": "l", "conversations": _conv("Describe it.", " ".join(["cells"] * 200))}
+    ds = ConversationDataset([short, long, long], tokenizer, "vicuna_v1", max_length=64)
+    assert ds.count_truncated() == 2
+    assert len(ds[1]["input_ids"]) == 64  # and training cuts them at max_length

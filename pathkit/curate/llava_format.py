@@ -77,10 +77,10 @@ def _record_problem(rec: Any) -> str | None:
             return f"conversations[{i}].value: {IMAGE_TOKEN} in a gpt turn"
     if len(turns) % 2:
         return f"conversations[{len(turns) - 1}]: the last turn must be from gpt"
-    if n_images and IMAGE_TOKEN not in turns[0]["value"]:
-        return f"conversations[0].value: an image record's first human turn has no {IMAGE_TOKEN}"
     if n_tokens != n_images:
         return f"conversations: {n_tokens} {IMAGE_TOKEN} token(s) for {n_images} image(s)"
+    if n_images and IMAGE_TOKEN not in turns[0]["value"]:
+        return f"conversations[0].value: an image record's first human turn has no {IMAGE_TOKEN}"
     return None
 
 
