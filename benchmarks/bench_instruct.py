@@ -33,6 +33,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pathkit.provenance import machine_record  # noqa: E402
+
 FIGURES = REPO / "figures"
 
 
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    result: dict = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+    result: dict = {"machine": {**machine_record(), "platform": platform.platform(), "python": sys.version.split()[0],
                                 "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                 "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
                                 "load_average_at_start": list(os.getloadavg())}}

@@ -51,6 +51,7 @@ from pathkit.models.longnet import (  # noqa: E402
     attention_with_lse,
     dilated_attention,
 )
+from pathkit.provenance import machine_record  # noqa: E402
 
 GIGAPATH_SEGMENTS = (1024, 5792, 32768, 185363, 1048576)
 GIGAPATH_DILATIONS = (1, 2, 4, 8, 16)
@@ -342,7 +343,7 @@ def main(argv=None) -> int:
         parser.error("--segments and --dilations need the same count")
 
     device_name = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine())
-    machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+    machine = {**machine_record(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
                "device_name": device_name, "dtype": args.dtype,
                "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}

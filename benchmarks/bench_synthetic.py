@@ -30,6 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pathkit.provenance import machine_record  # noqa: E402
 from pathkit.synthetic.tissue import CLASSES, render_tissue, sample_attributes, sample_stain  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "synthetic.render_tissue", "size": size, "tile": tile, "scale": args.scale,
         "repeats": args.repeats, "noise_mpx_s": mpx / noise_s, "classes": rows,
         "min_render_mpx_s": min(r["render_mpx_s"] for r in rows),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+        "machine": {**machine_record(), "platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                     "device": "cpu", "load_average_1m": os.getloadavg()[0]},
     }

@@ -39,6 +39,7 @@ from pathkit.config import Config  # noqa: E402
 from pathkit.models.conversation import tokenize_conversation  # noqa: E402
 from pathkit.models.hf_llava import expand_image_tokens, to_hf_llava  # noqa: E402
 from pathkit.models.vlm import VisionLanguageModel  # noqa: E402
+from pathkit.provenance import machine_record  # noqa: E402
 from pathkit.train.data import pad_collate  # noqa: E402
 from pathkit.train.recipes import Stage  # noqa: E402
 from pathkit.train.vlm_module import VLMModule  # noqa: E402
@@ -176,7 +177,7 @@ def main() -> None:
         "visual_tokens_per_image": visual, "llm_plus_projector_params": llm_params,
         "peak_flops": peak, "peak_note": peak_note, "results": results,
         "speedup_pathkit_vs_transformers": ratio,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": {**machine_record(), "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "load_average": os.getloadavg()},
         "command": " ".join(sys.argv),
     }

@@ -35,6 +35,7 @@ from pathkit.config import Config  # noqa: E402
 from pathkit.models.conversation import IGNORE_INDEX, tokenize_conversation  # noqa: E402
 from pathkit.models.hf_llava import expand_image_tokens, to_hf_llava  # noqa: E402
 from pathkit.models.vlm import VisionLanguageModel  # noqa: E402
+from pathkit.provenance import machine_record  # noqa: E402
 
 WORDS = ("tumor stroma lymphocytes necrosis gland adipose nuclei dense sparse grade mitoses pleomorphic cells "
          "tissue shows with many few large small round irregular pink purple").split()
@@ -158,7 +159,7 @@ def main() -> None:
         "peak_memory_gib": peak or None,
         "splice_median_s": splice_times,
         "splice_speedup": splice_times["loop_reference"] / splice_times["vectorised"],
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+        "machine": {**machine_record(), "platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"},
     }

@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 def machine() -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+    from pathkit.provenance import machine_record
+
+    info = {**machine_record(), "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "device_name": "cpu"}
     if torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(0)

@@ -309,8 +309,8 @@ class LLMConfig(ConfigBase):
 
     def validate(self) -> None:
         self.check("name", bool(self.name), "must name a language model")
-        self.check("chat_template", self.chat_template in ("plain", "vicuna_v1", "llama3", "huatuo"),
-                   "must be plain, vicuna_v1, llama3 or huatuo")
+        self.check("chat_template", self.chat_template in ("plain", "vicuna_v1", "llama3", "huatuo", "qwen2"),
+                   "must be plain, vicuna_v1, llama3, huatuo or qwen2")
         self.check("max_length", self.max_length >= 16, "must be >= 16 tokens")
         self.check("lora_r", self.lora_r >= 0, "must be >= 0 (0 disables LoRA)")
         self.check("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)")

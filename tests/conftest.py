@@ -14,6 +14,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_report_header(config):
+    """The machine and package versions, so a failing learning number can be read against them."""
+    from pathkit.provenance import one_line
+
+    return f"pathkit measured on: {one_line()}"
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from pathkit.io import PathkitError
+from pathkit.wsi.features import FEATURE_SUFFIXES  # an ``image`` with one of these is a slide feature file
 
 IMAGE_TOKEN = "<image>"
-# an ``image`` with one of these suffixes is a slide feature file (pathkit/CLAM/TRIDENT .h5, WSI-Bench .pt,
-# SlideChat .csv), read by pathkit.wsi.features.read_features
-FEATURE_SUFFIXES = (".h5", ".hdf5", ".pt", ".pth", ".csv")
 DESCRIBE_PROMPTS = (
     "Describe this histopathology image.",
     "What do you see in this image?",
@@ -384,3 +382,11 @@ def tiles_to_llava(rows: Iterable[dict[str, Any]], seed: int = 0, split: str | N
                                       {"from": "gpt", "value": row["caption"].strip()}],
                     "label": row.get("label"), "source": "synthetic_tiles", "kind": "caption"})
     return out
+
+
+def record_problem(rec: Any) -> str | None:
+    """The first problem of one LLaVA record as ``'<field>: <what>'``, or None when it is valid.
+
+    For streaming checks (one record at a time, e.g. ``pathkit data import``); duplicate ids are the caller's.
+    """
+    return _record_problem(rec)

@@ -2,8 +2,8 @@
 
 Each finished answer is appended (flushed, fsynced) to the output journal; a rerun skips question_ids already
 answered, so a killed run resumes where it stopped and never writes a question twice. Images are resolved
-relative to the questions file; an ``.h5`` image is a slide feature file (WSI-LLaVA) and is passed as
-``slide_features``.
+relative to the questions file; an ``.h5``/``.pt``/``.csv`` image is a slide feature file (WSI-LLaVA, CLAM,
+TRIDENT, WSI-Bench, SlideChat) and is passed as ``slide_features``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathkit.curate.llava_format import is_feature_file
 from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
 from pathkit.train.data import FeatureLoader
 from pathkit.train.runner import image_loader_for
+from pathkit.wsi.features import FEATURE_SUFFIXES
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
 
@@ -43,22 +44,14 @@ def resolve_image(image: Any, base: Path) -> Path | None:
 
 def load_visual(path: Path | None) -> tuple[str, Any]:
     """``("image", PIL.Image)``, ``("slide", (features (N, D) float32, coords (N, 2) int64))`` or
-    ``("none", None)``."""
+    ``("none", None)``. Slide files without coordinates get :func:`pathkit.train.data.coords_or_grid`'s grid."""
     if path is None:
         return "none", None
     if not path.exists():
         raise PathkitError(f"{path}: image not found")
-    if path.suffix in (".h5", ".hdf5"):
-        import numpy as np
-        import torch
-
-        from pathkit.wsi.features import read_features
-
-        coords, feats, _ = read_features(path)
-        if feats is None:
-            raise PathkitError(f"{path}: no 'features' dataset (coords only); run pathkit extract first")
-        return "slide", (torch.as_tensor(np.asarray(feats), dtype=torch.float32),
-                         torch.as_tensor(np.asarray(coords), dtype=torch.long))
+    if path.suffix.lower() in FEATURE_SUFFIXES:
+        loaded = FeatureLoader()(str(path))  # as training reads it: a file without coords gets a grid
+        return "slide", (loaded["features"], loaded["coords"])
     from PIL import Image
 
     try:

@@ -80,11 +80,14 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            batches = pq.ParquetFile(path).iter_batches(batch_size=256)  # a few images in memory at a time
         except Exception as err:
             raise PathkitError(f"{path}: cannot read parquet ({err})") from err
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{path}[row {i}]", row
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{path}[row {i}]", row
+                i += 1
     else:
         raise PathkitError(f"{path}: unsupported file type {suffix!r} (json, jsonl, csv, parquet)")
 
@@ -119,6 +122,9 @@ def _image(where: str, value: Any, image_root: Path | None, image_dir: Path | No
     path = Path(str(value))
     if image_root is not None and not path.is_absolute():
         path = Path(image_root) / path
+    if not path.suffix and not path.exists():  # PathVQA's pickle (and Quilt's JSON from it) names images bare
+        path = next((path.with_name(path.name + s) for s in (".jpg", ".jpeg", ".png")
+                     if path.with_name(path.name + s).is_file()), path)
     return str(path)
 
 

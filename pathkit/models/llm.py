@@ -45,7 +45,8 @@ TINY_SPECS = {
 TINY_SPECS["tiny-pretrained"] = TINY_SPECS["tiny"]  # the same model, then text pre-training (tiny_pretrain)
 TINY_VOCAB_SIZE = 4096
 TINY_SEED = 1234
-TINY_BUILD_VERSION = 3  # bump when the tiny recipe changes: cached folders of another version are rebuilt
+TINY_BUILD_VERSION = 4  # bump when the tiny recipe changes: cached folders of another version are rebuilt
+# 4: conversations are tokenized as whole strings (LLaVA's boundaries), so tiny-pretrained is rebuilt on them
 
 # The tokenizer's training corpus: the words of pathkit's synthetic captions, questions and reports, the chat
 # templates, and everyday English, so common words are single tokens. Byte-level BPE still encodes any text.

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pathkit.models.conversation import IGNORE_INDEX, get_template, tokenize_conversation
+from pathkit.models.conversation import IGNORE_INDEX, system_token_count, tokenize_conversation
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,8 @@ class PretrainSpec:
 
 
 def system_prefix_length(tokenizer, template: str) -> int:
-    """Tokens before the first human turn (BOS + system prompt): identical in every sequence, not supervised.
-    The system prompt is its own piece in :func:`tokenize_conversation`, so its ids are encoded on their own."""
-    tmpl = get_template(template)
-    bos = 0 if tokenizer.bos_token_id is None else 1
-    return bos + (len(tokenizer(tmpl.system, add_special_tokens=False)["input_ids"]) if tmpl.system else 0)
+    """Tokens before the first human turn (BOS + system prompt): identical in every sequence, not supervised."""
+    return system_token_count(tokenizer, template)
 
 
 def pretrain_tiny_llm(model, tokenizer, spec: PretrainSpec = PretrainSpec(), log=None) -> dict[str, Any]:

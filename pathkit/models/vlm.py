@@ -385,12 +385,20 @@ class VisionLanguageModel(nn.Module):
                 labels: torch.Tensor | None = None, images=None, slide_features=None, slide_coords=None,
                 **kwargs):
         """Logits (and the mean loss over supervised tokens when ``labels`` is given) -> CausalLMOutput."""
+        return self.forward_with_labels(input_ids, attention_mask, labels, images, slide_features, slide_coords,
+                                        **kwargs)[0]
+
+    def forward_with_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                            labels: torch.Tensor | None = None, images=None, slide_features=None,
+                            slide_coords=None, **kwargs):
+        """``forward``, also returning the labels aligned with the logits (visual tokens spliced in as -100)."""
         features = self.visual_tokens(images, slide_features, slide_coords)
         embeds, mask, labels, position_ids = self.splice(input_ids, attention_mask, labels, features,
                                                          max_length=self.cfg.llm.max_length)
         self.last_tokens_seen = int(mask.sum()) if mask is not None else int(embeds.shape[0] * embeds.shape[1])
-        return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels,
-                        use_cache=False, **kwargs)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels,
+                       use_cache=False, **kwargs)
+        return out, labels
 
     def stop_token_ids(self) -> list[int]:
         """EOS plus the template's stop strings that are one token (Llama-3's ``<|eot_id|>``, plain's newline)."""

@@ -33,6 +33,28 @@ IGNORE_INDEX = -100
 # ------------------------------------------------------------------------------------------ dataset
 
 
+def split_validation(records: Sequence[dict[str, Any]], fraction: float, seed: int = 0
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation) records: ``fraction`` of the distinct images held out, every record of an image on one
+    side (a question about a validation image never trains). Deterministic for ``seed``; order kept."""
+    if fraction <= 0:
+        return list(records), []
+
+    def key(rec: dict[str, Any]) -> str:
+        image = rec.get("image")
+        return str(image) if image is not None else f"text:{rec.get('id')}"
+
+    keys = sorted({key(r) for r in records})
+    n_val = max(1, int(round(len(keys) * fraction)))
+    if n_val >= len(keys):
+        raise PathkitError(f"validation split {fraction}: {len(keys)} images leave nothing to train on")
+    order = np.random.default_rng(seed).permutation(len(keys))
+    held = {keys[i] for i in order[:n_val]}
+    train = [r for r in records if key(r) not in held]
+    val = [r for r in records if key(r) in held]
+    return train, val
+
+
 class ImageLoader:
     """Path -> (3, S, S) tensor through an encoder's ``preprocess`` (PIL, RGB)."""
 
@@ -281,12 +303,14 @@ class ConsumedBatches(L.Callback):
 
 
 class VLMDataModule(L.LightningDataModule):
-    """Lightning data module over a :class:`ConversationDataset` (training split only; evaluation is separate)."""
+    """Lightning data module over a :class:`ConversationDataset`, with an optional validation dataset (the stage's
+    held-out training images, for checkpoint selection; the evaluation questions are separate)."""
 
     def __init__(self, dataset: ConversationDataset, batch_size: int, pad_token_id: int, seed: int = 0,
-                 num_workers: int = 0, shuffle: bool = True):
+                 num_workers: int = 0, shuffle: bool = True, val_dataset: ConversationDataset | None = None):
         super().__init__()
         self.dataset = dataset
+        self.val_dataset = val_dataset
         self.batch_size = batch_size
         self.pad_token_id = pad_token_id
         self.seed = seed
@@ -311,3 +335,10 @@ class VLMDataModule(L.LightningDataModule):
         return ResumableDataLoader(self.dataset, batch_sampler=sampler, collate_fn=pad_collate(self.pad_token_id),
                                    num_workers=self.num_workers, generator=generator,
                                    persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None:
+            return []
+        sampler = LengthGroupedBatchSampler(self.val_dataset.lengths, self.batch_size, shuffle=False)
+        return DataLoader(self.val_dataset, batch_sampler=sampler, collate_fn=pad_collate(self.pad_token_id),
+                          num_workers=0)

@@ -65,8 +65,8 @@ class DataSpec:
         _need(self.extra_closed >= 0, "DataSpec.extra_closed", self.extra_closed, "must be >= 0")
         _need(self.source in SOURCES, "DataSpec.source", self.source, f"must be one of {SOURCES}")
         _need(self.format in FORMATS, "DataSpec.format", self.format, f"must be one of {FORMATS}")
-        _need(self.template in (None, "plain", "vicuna_v1", "llama3", "huatuo"), "DataSpec.template",
-              self.template, "must be plain, vicuna_v1, llama3, huatuo or None")
+        _need(self.template in (None, "plain", "vicuna_v1", "llama3", "huatuo", "qwen2"), "DataSpec.template",
+              self.template, "must be plain, vicuna_v1, llama3, huatuo, qwen2 or None")
 
 
 @dataclass
@@ -90,6 +90,9 @@ class Stage:
     grad_accum: int = 1
     grad_clip: float = 1.0
     max_length: int | None = None  # None = cfg.llm.max_length
+    # > 0: hold out this fraction of the stage's training images (by image, deterministic) and keep the weights of
+    # the epoch with the lowest validation loss, as a user selects a checkpoint, instead of the last step's
+    val_fraction: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)  # Config overrides for this stage only
     notes: str = ""
 
@@ -99,7 +102,7 @@ class Stage:
             self.data = DataSpec(**self.data)
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
-        for name in ("lr", "projector_lr", "min_lr", "weight_decay", "warmup_ratio", "grad_clip"):
+        for name in ("lr", "projector_lr", "min_lr", "weight_decay", "warmup_ratio", "grad_clip", "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, (int, str)) and not isinstance(value, bool):
                 setattr(self, name, float(value))
@@ -118,6 +121,7 @@ class Stage:
         _need(self.epochs >= 1, f"{where}.epochs", self.epochs, "must be >= 1")
         _need(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "must be >= 1")
         _need(self.grad_accum >= 1, f"{where}.grad_accum", self.grad_accum, "must be >= 1")
+        _need(0 <= self.val_fraction < 0.5, f"{where}.val_fraction", self.val_fraction, "must be in [0, 0.5)")
 
     @property
     def trainable_parts(self) -> tuple[str, ...]:

@@ -41,9 +41,15 @@ from pathkit.io import PathkitError, atomic_write_text, read_json, read_jsonl, w
 from pathkit.models.connectors import tile_image
 from pathkit.models.encoders import load_encoder
 from pathkit.models.vlm import VisionLanguageModel
-from pathkit.train.checkpointing import LastCheckpoint
+from pathkit.train.checkpointing import BestWeights, LastCheckpoint
 from pathkit.train.contrastive_stage import run_contrastive_stage
-from pathkit.train.data import ConsumedBatches, ConversationDataset, ImageLoader, VLMDataModule
+from pathkit.train.data import (
+    ConsumedBatches,
+    ConversationDataset,
+    ImageLoader,
+    VLMDataModule,
+    split_validation,
+)
 from pathkit.train.recipes import Recipe, Stage
 from pathkit.train.records import BadRecordsError, read_training_file, stage_view
 from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
@@ -170,13 +176,15 @@ def _loggers(stage_dir: Path):
 
 
 def make_trainer(cfg: Config, stage: Stage, stage_dir: Path, total_steps: int, checkpoint_every: int,
-                 stop_after_steps: int | None, progress: bool):
+                 stop_after_steps: int | None, progress: bool, extra_callbacks: list | None = None):
     accelerator = cfg.train.accelerator
+    validate = stage.val_fraction > 0
     return L.Trainer(
         max_epochs=stage.epochs, max_steps=total_steps, accumulate_grad_batches=stage.grad_accum,
         gradient_clip_val=stage.grad_clip or None, precision=precision_for(cfg), accelerator=accelerator,
         devices=cfg.train.devices, strategy=make_strategy(cfg.train.strategy, accelerator), logger=_loggers(stage_dir),
-        callbacks=_callbacks(stage_dir, checkpoint_every, stop_after_steps), enable_checkpointing=False,
+        callbacks=_callbacks(stage_dir, checkpoint_every, stop_after_steps) + list(extra_callbacks or []),
+        enable_checkpointing=False, limit_val_batches=1.0 if validate else 0, check_val_every_n_epoch=1,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(cfg.train.log_every_n_steps, total_steps)),
         use_distributed_sampler=False, default_root_dir=str(stage_dir))
@@ -223,22 +231,27 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: lis
 
     ``unsharded``: builds a fresh model of the same structure; required under FSDP, where this rank's
     parameters are shards and the gathered weights are loaded into it for saving."""
+    records, val_records = split_validation(records, stage.val_fraction, seed=cfg.seed)
     template = stage.data.template or cfg.llm.chat_template
     max_length = stage.max_length or cfg.llm.max_length
-    dataset = ConversationDataset(records, model.tokenizer, template, max_length,
-                                  load_image=image_loader_for(model, cfg))
+    load_image = image_loader_for(model, cfg)
+    dataset = ConversationDataset(records, model.tokenizer, template, max_length, load_image=load_image)
+    val_dataset = (ConversationDataset(val_records, model.tokenizer, template, max_length, load_image=load_image)
+                   if val_records else None)
     truncated = dataset.count_truncated()
     if truncated:
         warnings.warn(f"stage {stage.name}: {truncated} of {len(records)} records are longer than "
                       f"model_max_length={max_length} tokens and are truncated", stacklevel=2)
     datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
-                               seed=cfg.seed, num_workers=cfg.train.num_workers)
+                               seed=cfg.seed, num_workers=cfg.train.num_workers, val_dataset=val_dataset)
+    best = BestWeights() if val_dataset is not None else None
     world = _world_size(cfg)
     steps_per_epoch = math.ceil(datamodule.batches_per_epoch(world) / stage.grad_accum)
     total_steps = stage.max_steps if stage.max_steps > 0 else steps_per_epoch * stage.epochs
     module = VLMModule(model, stage, total_steps, loss_log=stage_dir / "losses.jsonl",
                        gradient_checkpointing=cfg.train.gradient_checkpointing)
-    trainer = make_trainer(cfg, stage, stage_dir, total_steps, checkpoint_every, stop_after_steps, progress)
+    trainer = make_trainer(cfg, stage, stage_dir, total_steps, checkpoint_every, stop_after_steps, progress,
+                           extra_callbacks=[best] if best else None)
     ckpt = stage_dir / "checkpoints" / "last.ckpt"
     if not (resume and ckpt.exists()):
         ckpt = None
@@ -251,6 +264,8 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: lis
     summary = _stage_summary(module, stage, seconds, model)
     summary.update(total_steps=total_steps, epochs=stage.epochs, records=len(records), truncated=truncated,
                    resumed_from=str(ckpt) if ckpt else None)
+    if best is not None:
+        summary.update(val_records=len(val_records), **best.summary())
     to_save = model
     if is_fsdp(trainer.strategy):  # this rank's parameters are shards: gather, load into an unsharded copy
         state = full_state_dict(trainer.strategy.model)

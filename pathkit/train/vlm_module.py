@@ -31,6 +31,34 @@ def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+CLOSED_ANSWER_TOKENS = 3
+
+
+def closed_answer_hits(logits: torch.Tensor, labels: torch.Tensor, max_tokens: int = CLOSED_ANSWER_TOKENS
+                       ) -> tuple[int, int]:
+    """(exactly predicted, total) short supervised spans: each run of supervised tokens (one assistant answer)
+    of at most ``max_tokens`` tokens, every token the argmax of the logits before it."""
+    pred = logits[:, :-1].argmax(-1)  # (B, T-1): the prediction for position t + 1
+    gold = labels[:, 1:]
+    supervised = (gold != -100).cpu().numpy()
+    correct = (pred == gold).cpu().numpy()
+    hits = count = 0
+    for row_sup, row_ok in zip(supervised, correct):
+        t, length = 0, len(row_sup)
+        while t < length:
+            if not row_sup[t]:
+                t += 1
+                continue
+            end = t
+            while end < length and row_sup[end]:
+                end += 1
+            if end - t <= max_tokens:
+                count += 1
+                hits += int(row_ok[t:end].all())
+            t = end
+    return hits, count
+
+
 class VLMModule(L.LightningModule):
     """One VLM training stage: ``VLMModule(model, stage, total_steps)``.
 
@@ -78,6 +106,24 @@ class VLMModule(L.LightningModule):
         self._acc_tokens += self._tokens_seen(batch)
         self._acc_loss.append(float(loss.detach()))
         return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Loss and closed-answer accuracy on the stage's held-out training images (checkpoint selection).
+
+        The loss is dominated by long answers (captions, descriptions); whether the model tells yes from no is
+        seen in ``val/closed_accuracy``: each short assistant answer (a yes/no, a letter: at most
+        ``CLOSED_ANSWER_TOKENS`` tokens with the end token) predicted exactly, teacher-forced."""
+        out, labels = self.model.forward_with_labels(**batch)
+        n = int(batch["input_ids"].shape[0])
+        self.log("val/loss", out.loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        hits, count = closed_answer_hits(out.logits, labels)
+        if count:
+            self.log("val/closed_accuracy", hits / count, on_step=False, on_epoch=True, batch_size=count,
+                     sync_dist=True)
+        return out.loss
+
+    def on_validation_end(self) -> None:
+        self._t_last = None  # validation time is not training throughput
 
     def _tokens_seen(self, batch: dict[str, Any]) -> int:
         """Tokens the LLM saw in this batch, visual tokens included: the spliced sequence's attention mask, which

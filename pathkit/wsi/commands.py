@@ -31,15 +31,21 @@ def tile(
 
 
 def extract(
-    source: Path = typer.Argument(..., help="folder of coords files from `pathkit tile` (or one .h5)"),
+    source: Path = typer.Argument(..., help="folder of coords files from `pathkit tile`, CLAM or TRIDENT (or one .h5)"),
     encoder: str = typer.Option(..., "--encoder", help="tiny, plip, gigapath, uni, a hub id or a local dir"),
     out: Path = typer.Option(..., "--out", help="output folder: <stem>.h5 with coords + features"),
     batch_size: int = typer.Option(64, help="tiles per forward pass"),
     workers: int = typer.Option(2, help="DataLoader worker processes reading tiles"),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto"),
     slide_mpp: float = typer.Option(None, help="level-0 mpp override used when the tiles were planned"),
+    slides: Path = typer.Option(None, "--slides", help="folder of the slides, found by name (needed for CLAM or "
+                                "TRIDENT coords files, which name no slide path)"),
 ) -> None:
     """Encode every tile listed in SOURCE with an encoder -> OUT/<stem>.h5 (coords, features, attrs).
+
+    SOURCE holds coords files written by `pathkit tile`, CLAM's create_patches_fp (patches/<slide>.h5) or TRIDENT
+    (<job>/patches/<slide>_patches.h5 style files with attributes on 'coords'); for the last two, --slides DIR
+    finds each slide by the name the file gives.
 
     Batched, several loader workers, bf16 autocast + channels_last on GPU; prints tiles/s. Complete outputs
     are skipped (resume); failures go to OUT/failures.jsonl and give a non-zero exit.
@@ -47,7 +53,7 @@ def extract(
     from pathkit.wsi.pipeline import extract_features
 
     summary = extract_features(source, encoder, out, batch_size=batch_size, workers=workers, device=device,
-                               slide_mpp=slide_mpp)
+                               slide_mpp=slide_mpp, slides_dir=slides)
     _finish(summary)
 
 

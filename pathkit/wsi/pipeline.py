@@ -13,6 +13,7 @@ so a killed run never leaves a partial file under its final name), continue past
 
 from __future__ import annotations
 
+import glob
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,21 +176,18 @@ def _device_of(device: str | None) -> str:
 
 
 def encode_slide(coords_file: str | Path, model, preprocess, device: str = "cpu", batch_size: int = 64,
-                 workers: int = 0, slide_mpp: float | None = None, summary: BatchSummary | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Features (N, D) float32 of the tiles listed in a coords file; returns (coords, features, attrs)."""
+                 workers: int = 0, slide_mpp: float | None = None, summary: BatchSummary | None = None,
+                 slides_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Features (N, D) float32 of the tiles listed in a coords file; returns (coords, features, attrs).
+
+    The coords file is pathkit's, or CLAM's / TRIDENT's (their slide is found by name in ``slides_dir``).
+    """
     import torch
 
     from pathkit.wsi.dataset import SlideTileDataset, make_loader, normalize_batch
 
     coords, _, attrs = read_features(coords_file)
-    for key in ("slide_path", "read_size", "slide_mpp", "downsample", "stride_level0"):
-        if key not in attrs:
-            raise PathkitError(f"{coords_file}: missing attribute {key!r} (write coords with `pathkit tile`)")
-    slide_path = Path(attrs["slide_path"])
-    if not slide_path.is_file():  # moved together with the coords file
-        slide_path = Path(coords_file).parent / attrs["slide"]
-    plan = plan_from_attrs(attrs)
+    slide_path, plan, attrs = tile_source(coords_file, attrs, slides_dir, slide_mpp)
     dataset = SlideTileDataset(slide_path, coords, plan, resize=preprocess.resize, crop=preprocess.size,
                                slide_mpp=slide_mpp)
     if len(dataset):
@@ -223,6 +221,52 @@ def encode_slide(coords_file: str | Path, model, preprocess, device: str = "cpu"
     return coords, features.astype(np.float32), attrs
 
 
+PLAN_KEYS = ("slide_path", "read_size", "slide_mpp", "downsample", "stride_level0")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
+
+
+def tile_source(coords_file: str | Path, attrs: dict[str, Any], slides_dir: str | Path | None = None,
+                slide_mpp: float | None = None) -> tuple[Path, TilePlan, dict[str, Any]]:
+    """(slide path, tile plan, attrs completed with pathkit's names) for a pathkit, CLAM or TRIDENT coords file."""
+    from pathkit.wsi.slide import Slide
+    from pathkit.wsi.tiling import plan_for_footprint
+
+    name = str(attrs.get("name") or Path(coords_file).stem)  # CLAM and TRIDENT name the slide without its suffix
+    if all(k in attrs for k in PLAN_KEYS):
+        slide_path = Path(attrs["slide_path"])
+        if slides_dir is not None:
+            slide_path = find_slide(slides_dir, str(attrs["slide"]), coords_file)
+        elif not slide_path.is_file():  # moved together with the coords file
+            slide_path = Path(coords_file).parent / attrs["slide"]
+        return slide_path, plan_from_attrs(attrs), attrs
+    if slides_dir is None:
+        raise PathkitError(f"{coords_file}: a {attrs.get('format', 'foreign')} coords file names no slide file; "
+                           f"pass --slides DIR holding {name}.<svs|tiff|...>")
+    slide_path = find_slide(slides_dir, name, coords_file)
+    size = int(attrs.get("patch_size") or attrs["patch_size_level0"])
+    overlap = int(attrs.get("overlap") or 0)
+    with Slide(slide_path, slide_mpp=slide_mpp, require_mpp=False) as slide:
+        if slide.mpp is None and attrs.get("level0_magnification"):  # TRIDENT's convention: 10 / magnification
+            slide.mpp = 10.0 / float(attrs["level0_magnification"])
+        footprint = int(attrs["patch_size_level0"])
+        stride = footprint - int(round(overlap * footprint / size))
+        plan = plan_for_footprint(slide, footprint, size, stride_level0=stride)
+    return slide_path, plan, dict(attrs) | plan_attrs(plan, slide_path)
+
+
+def find_slide(slides_dir: str | Path, name: str, coords_file: str | Path) -> Path:
+    """The slide file called ``name`` (any slide suffix, or the exact file name) in ``slides_dir``."""
+    slides_dir = Path(slides_dir)
+    exact = slides_dir / name
+    if exact.is_file():
+        return exact
+    found = sorted(p for p in slides_dir.glob(f"{glob.escape(name)}.*") if p.suffix.lower() in SLIDE_SUFFIXES)
+    if not found:
+        raise PathkitError(f"{coords_file}: no slide named {name!r} in {slides_dir} (looked for "
+                           f"{name}.<{'|'.join(s.lstrip('.') for s in SLIDE_SUFFIXES[:4])}|...>)")
+    return found[0]
+
+
 def _coords_files(source: str | Path | list) -> list[Path]:
     if isinstance(source, (list, tuple)):
         return [Path(p) for p in source]
@@ -236,10 +280,13 @@ def _coords_files(source: str | Path | list) -> list[Path]:
 
 def extract_features(source: str | Path | list, encoder: str | Path, out_dir: str | Path,
                      batch_size: int = 64, workers: int = 0, device: str | None = None,
-                     slide_mpp: float | None = None, progress: bool = True) -> BatchSummary:
+                     slide_mpp: float | None = None, progress: bool = True,
+                     slides_dir: str | Path | None = None) -> BatchSummary:
     """Encode the tiles of every coords file in ``source`` with ``encoder`` -> ``<out>/<stem>.h5`` (resumable).
 
     ``source`` may be the output folder itself (coords-only files are then replaced by coords + features).
+    Coords files from CLAM (``patches/<slide>.h5``) or TRIDENT need ``slides_dir``, where each slide is found
+    by its name.
     """
     import torch
 
@@ -266,7 +313,7 @@ def extract_features(source: str | Path | list, encoder: str | Path, out_dir: st
         try:
             coords, features, attrs = encode_slide(coords_file, model, preprocess, device=device,
                                                    batch_size=batch_size, workers=workers,
-                                                   slide_mpp=slide_mpp, summary=summary)
+                                                   slide_mpp=slide_mpp, summary=summary, slides_dir=slides_dir)
             attrs = dict(attrs, encoder=encoder_name, feature_dim=int(features.shape[1]))
             _remove_stale_temps(out_dir, coords_file.stem)
             write_features(out_dir / coords_file.name, coords, attrs, features=features)

@@ -64,6 +64,29 @@ def plan_tiles(slide: Slide, mpp: float = 0.5, size: int = 256, overlap: int = 0
                     stride_level0=max(1, stride))
 
 
+def plan_for_footprint(slide: Slide, patch_size_level0: int, size: int, stride_level0: int | None = None
+                       ) -> TilePlan:
+    """The plan that reads tiles another tool chose: ``size`` px tiles covering ``patch_size_level0`` level-0 px.
+
+    CLAM and TRIDENT coords files state the level-0 footprint and the tile edge, not an mpp; the level read is
+    the deepest one no coarser than the tiles, as :func:`plan_tiles` picks it.
+    """
+    if slide.mpp is None:
+        raise PathkitError(f"{slide.path}: no microns per pixel; pass --slide-mpp")
+    factor = patch_size_level0 / size  # level-0 px per output px
+    level = 0
+    for i, ds in enumerate(slide.level_downsamples):
+        if ds <= factor * 1.01:
+            level = i
+    downsample = float(slide.level_downsamples[level])
+    read_size = int(round(patch_size_level0 / downsample))
+    if abs(read_size - size) <= max(1, size // 100):
+        read_size = size
+    return TilePlan(mpp=float(slide.mpp * factor), size=int(size), slide_mpp=float(slide.mpp), level=level,
+                    downsample=downsample, read_size=read_size, patch_size_level0=int(patch_size_level0),
+                    stride_level0=int(stride_level0 or patch_size_level0))
+
+
 def grid_coords(width: int, height: int, stride: int) -> np.ndarray:
     """All grid corners (N, 2) int64 (x, y), row-major, corners inside the slide."""
     xs = np.arange(0, width, stride, dtype=np.int64)

@@ -96,7 +96,7 @@ def show_slide(path: str | Path, coords: np.ndarray | None = None, values: np.nd
         from pathkit.wsi.features import read_features
 
         coords, _, attrs = read_features(coords)
-        footprint = footprint or int(attrs["patch_size_level0"])
+        footprint = footprint or attrs["patch_size_level0"]  # None for files without coords (.pt, SlideChat CSV)
     footprint = int(footprint or 256)
     if viewer is None:
         viewer = napari.Viewer(show=show)
