@@ -15,8 +15,7 @@ from typing import Any
 
 from pathkit.curate.llava_format import is_feature_file
 from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
-from pathkit.train.data import FeatureLoader
-from pathkit.train.runner import image_loader_for
+from pathkit.train.data import FeatureLoader, image_loader_for
 from pathkit.wsi.features import FEATURE_SUFFIXES
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")

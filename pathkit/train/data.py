@@ -22,10 +22,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pathkit.curate.llava_format import is_feature_file
 from pathkit.io import PathkitError
+from pathkit.models.connectors import tile_image
+from pathkit.models.encoders import load_encoder
+from pathkit.wsi.features import read_features
 
 IGNORE_INDEX = -100
 
@@ -85,13 +89,27 @@ def coords_or_grid(coords: Any, n: int, attrs: dict[str, Any] | None = None) -> 
     return np.stack([i % side, i // side], axis=1).astype(np.int64) * step
 
 
+def image_loader_for(model, cfg) -> Callable[[str], torch.Tensor]:
+    """Path -> model input for one image: (3, S, S), or (1 + tiles, 3, S, S) views for a tiling connector."""
+    preprocess = getattr(model, "preprocess", None)
+    if preprocess is None:
+        _, preprocess, _ = load_encoder(cfg.encoder.name)
+    if cfg.connector.type != "scale_invariant":
+        return ImageLoader(preprocess)
+
+    def load_views(path: str):
+        with Image.open(path) as im:
+            views, _ = tile_image(im.convert("RGB"), cfg.connector.tile_size, max_tiles=cfg.connector.max_tiles)
+        return preprocess(views)  # (1 + tiles, 3, S, S)
+
+    return load_views
+
+
 class FeatureLoader:
     """Slide feature file -> ``{"features": (N, D) float32, "coords": (N, 2) int64}``: any format
     :func:`pathkit.wsi.features.read_features` reads; coords from :func:`coords_or_grid` when the file has none."""
 
     def __call__(self, path: str) -> dict[str, torch.Tensor]:
-        from pathkit.wsi.features import read_features
-
         coords, features, attrs = read_features(path)
         if features is None:
             raise PathkitError(f"{path}: no 'features' dataset (a coords-only file); run pathkit extract first")

@@ -97,6 +97,57 @@ def stage_view(records: list[dict[str, Any]], view: str) -> list[dict[str, Any]]
     return out
 
 
-def view_of_stage(stage: Any) -> str:
-    """The view a stage takes (its ``DataSpec.format``)."""
-    return stage.data.format
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def stage_files(recipe: Any, train_data: str | Path | dict[str, str | Path] | None) -> dict[str, Path]:
+    """Each stage's training file: ``train_data`` (one file for all stages, or ``{stage: file}``), else the
+    stage's own ``DataSpec.path``. A stage without a file is a one-line error naming it."""
+    names = [s.name for s in recipe.stages]
+    given = {} if train_data is None else (
+        dict(train_data) if isinstance(train_data, dict) else {n: train_data for n in names})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise PathkitError(f"--train-data {unknown[0]}=...: recipe {recipe.name} has no stage {unknown[0]!r}; "
+                           f"stages: {names}")
+    files = {}
+    for stage in recipe.stages:
+        path = given.get(stage.name) or stage.data.path
+        if not path:
+            raise PathkitError(f"stage {stage.name}: no training data: give --train-data FILE (or "
+                               f"{stage.name}=FILE); the tutorial's files come from pathkit.workdir.tutorial_data")
+        files[stage.name] = Path(path)
+    return files
+
+
+def read_stage_files(files: dict[str, Path], image_folder: str | Path | None, skip_bad_records: bool,
+                     out_dir: Path) -> dict[Path, list[dict[str, Any]]]:
+    """Every training file read and validated once, before any stage trains (a bad record found after an
+    hour of training is an hour lost). Bad records of every file go to ``out_dir/bad_records.jsonl``."""
+    out: dict[Path, list[dict[str, Any]]] = {}
+    skipped: list[dict[str, Any]] = []
+    for path in dict.fromkeys(files.values()):
+        try:
+            out[path] = read_training_file(path, image_folder, skip_bad_records=False)
+        except BadRecordsError as err:
+            if not skip_bad_records:
+                raise
+            out[path] = read_training_file(path, image_folder, skip_bad_records=True)
+            skipped += [b.to_dict() for b in err.bad]
+    bad_path = out_dir / "bad_records.jsonl"
+    if skipped:
+        write_jsonl(bad_path, skipped)
+    else:
+        bad_path.unlink(missing_ok=True)
+    return out
+
+
+def stage_records(stage: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage's view of its file's records (``DataSpec.format``), capped at ``max_samples``."""
+    spec = stage.data
+    out = stage_view(records, spec.format)
+    if spec.max_samples:
+        out = out[: spec.max_samples]
+    if not out:
+        raise PathkitError(f"stage {stage.name}: no records for its {spec.format} view (image records needed)")
+    return out

@@ -1,9 +1,10 @@
 """``run_recipe``: train every stage of a recipe in order on its training file, checkpoint, resume, summarise.
 
-Training reads only files: each stage gets a LLaVA JSON/JSONL file (``train_data``: one file for every stage, or
-``{stage: file}``; :func:`pathkit.workdir.tutorial_data` writes the tutorial's), validated as a whole before
-the first stage (:mod:`pathkit.train.records`), and takes its view of the records. For each stage the runner wraps the model in the stage's Lightning module and
-fits it with a Lightning ``Trainer`` (bf16-mixed on a GPU, 32-true on CPU, gradient accumulation, gradient
+Training reads only files: each stage gets a LLaVA JSON/JSONL file (``train_data``: one file for every stage,
+or ``{stage: file}``; :func:`pathkit.workdir.tutorial_data` writes the tutorial's), validated as a whole before
+the first stage, and takes its view of the records (:mod:`pathkit.train.records`). This module keeps the stage
+loop, the trainer and model building: for each stage it wraps the model in the stage's Lightning module and fits
+it with a Lightning ``Trainer`` (bf16-mixed on a GPU, 32-true on CPU, gradient accumulation, gradient
 clipping, any Lightning strategy: ``cfg.train.strategy`` = ``ddp``, ``fsdp``, ...). Outputs::
 
     out_dir/<stage>/checkpoints/last.ckpt   every ``checkpoint_every`` optimiser steps (model, optimiser,
@@ -34,24 +35,21 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from PIL import Image
 
 from pathkit.config import Config
 from pathkit.io import PathkitError, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
-from pathkit.models.connectors import tile_image
-from pathkit.models.encoders import load_encoder
 from pathkit.models.vlm import VisionLanguageModel
 from pathkit.train.checkpointing import BestWeights, LastCheckpoint
 from pathkit.train.contrastive_stage import run_contrastive_stage
 from pathkit.train.data import (
     ConsumedBatches,
     ConversationDataset,
-    ImageLoader,
     VLMDataModule,
+    image_loader_for,
     split_validation,
 )
 from pathkit.train.recipes import Recipe, Stage
-from pathkit.train.records import BadRecordsError, read_training_file, stage_view
+from pathkit.train.records import read_stage_files, stage_files, stage_records
 from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
 from pathkit.train.vlm_module import VLMModule, count_trainable
 
@@ -83,78 +81,6 @@ def precision_for(cfg: Config) -> str:
     if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():
         return "32-true"
     return cfg.train.precision
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-def stage_files(recipe: Recipe, train_data: str | Path | dict[str, str | Path] | None) -> dict[str, Path]:
-    """Each stage's training file: ``train_data`` (one file for all stages, or ``{stage: file}``), else the
-    stage's own ``DataSpec.path``. A stage without a file is a one-line error naming it."""
-    names = [s.name for s in recipe.stages]
-    given = {} if train_data is None else (
-        dict(train_data) if isinstance(train_data, dict) else {n: train_data for n in names})
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise PathkitError(f"--train-data {unknown[0]}=...: recipe {recipe.name} has no stage {unknown[0]!r}; "
-                           f"stages: {names}")
-    files = {}
-    for stage in recipe.stages:
-        path = given.get(stage.name) or stage.data.path
-        if not path:
-            raise PathkitError(f"stage {stage.name}: no training data: give --train-data FILE (or "
-                               f"{stage.name}=FILE); the tutorial's files come from pathkit.workdir.tutorial_data")
-        files[stage.name] = Path(path)
-    return files
-
-
-def read_stage_files(files: dict[str, Path], image_folder: str | Path | None, skip_bad_records: bool,
-                     out_dir: Path) -> dict[Path, list[dict[str, Any]]]:
-    """Every training file read and validated once, before any stage trains (a bad record found after an
-    hour of training is an hour lost). Bad records of every file go to ``out_dir/bad_records.jsonl``."""
-    out: dict[Path, list[dict[str, Any]]] = {}
-    skipped: list[dict[str, Any]] = []
-    for path in dict.fromkeys(files.values()):
-        try:
-            out[path] = read_training_file(path, image_folder, skip_bad_records=False)
-        except BadRecordsError as err:
-            if not skip_bad_records:
-                raise
-            out[path] = read_training_file(path, image_folder, skip_bad_records=True)
-            skipped += [b.to_dict() for b in err.bad]
-    bad_path = out_dir / "bad_records.jsonl"
-    if skipped:
-        write_jsonl(bad_path, skipped)
-    else:
-        bad_path.unlink(missing_ok=True)
-    return out
-
-
-def stage_records(stage: Stage, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The stage's view of its file's records (``DataSpec.format``), capped at ``max_samples``."""
-    spec = stage.data
-    out = stage_view(records, spec.format)
-    if spec.max_samples:
-        out = out[: spec.max_samples]
-    if not out:
-        raise PathkitError(f"stage {stage.name}: no records for its {spec.format} view (image records needed)")
-    return out
-
-
-def image_loader_for(model, cfg: Config):
-    """Path -> model input for one image: (3, S, S), or (1 + tiles, 3, S, S) views for a tiling connector."""
-    preprocess = getattr(model, "preprocess", None)
-    if preprocess is None:
-        _, preprocess, _ = load_encoder(cfg.encoder.name)
-    if cfg.connector.type != "scale_invariant":
-        return ImageLoader(preprocess)
-
-    def load_views(path: str):
-        with Image.open(path) as im:
-            views, _ = tile_image(im.convert("RGB"), cfg.connector.tile_size, max_tiles=cfg.connector.max_tiles)
-        return preprocess(views)  # (1 + tiles, 3, S, S)
-
-    return load_views
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
