@@ -156,6 +156,7 @@ def test_each_bad_record_is_one_line_naming_file_index_id_and_field(tmp_path, st
     assert validate_llava_file(path, errors) == 6 and len(errors) == 3
 
 
+@pytest.mark.slow
 def test_cli_stops_on_bad_records_before_training_and_skips_them_on_request(tmp_path, stain_set):
     records = json.loads(stain_set["train"].read_text())[:12]
     records[3]["image"] = "missing.png"

@@ -9,6 +9,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from pathkit.config import Config
 from pathkit.io import read_json
 from pathkit.synthetic.tiles import ensure_tile_dataset
@@ -65,6 +67,7 @@ def test_tutorial_files_are_llava_files_the_trainer_reads(tmp_path):
     assert questions and all((files["questions"].parent / q["image"]).is_file() for q in questions)
 
 
+@pytest.mark.slow
 def test_two_concurrent_train_runs_with_other_seeds_share_one_data_folder(tmp_path):
     """Issue 19 §4: two runs, other training and data seeds, one --data folder: both finish, each on its set."""
     data = tmp_path / "data"
