@@ -12,6 +12,7 @@ the last VLM stage's model (:func:`pathkit.eval.answers.answer_questions`), writ
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def evaluate_run(recipe: Recipe, cfg: Config, out_dir: str | Path, questions_fil
     base = questions_file.parent
     for q in questions:
         if q.get("image"):
-            q["image"] = str(Path(q["image"]) if Path(q["image"]).is_absolute() else base / q["image"])
+            q["image"] = os.path.normpath(Path(q["image"]) if Path(q["image"]).is_absolute() else base / q["image"])
     if max_questions:
         questions = questions[:max_questions]
     if model is None:

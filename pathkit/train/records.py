@@ -18,6 +18,7 @@ Each stage takes a view of the same records (``DataSpec.format``):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def read_training_file(path: str | Path, image_folder: str | Path | None = None,
     out = []
     for rec in good:
         if rec.get("image") is not None:
-            paths = [str(p) for p in image_paths(rec["image"], base)]
+            paths = [os.path.normpath(p) for p in image_paths(rec["image"], base)]  # "a/../b" -> "b"
             rec = {**rec, "image": paths if isinstance(rec["image"], list) else paths[0]}
         out.append(rec)
     return out
