@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pathkit.curate.llava_format import is_feature_file
 from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
-from pathkit.train.data import FeatureLoader, image_loader_for
+from pathkit.train.data import FeatureLoader
 from pathkit.wsi.features import FEATURE_SUFFIXES
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
@@ -181,29 +180,25 @@ def answers_in_order(out_jsonl: str | Path, question_ids: Sequence[Any]) -> list
 
 def answer_questions(model: Any, questions: list[dict[str, Any]], cfg: Any, batch_size: int | None = None
                      ) -> list[str]:
-    """Greedy answers of an in-memory ``model`` to questions whose ``image`` is an absolute tile path or slide
-    feature file, loaded exactly as training loads them (the encoder's preprocessing, the connector's tiling;
-    ``cfg`` is the Config the model was trained with). A prompt without ``<image>`` gets one in front."""
+    """Greedy answers of an in-memory ``model`` to questions whose ``image`` is an absolute image path or slide
+    feature file (or absent), in order: the same loading and ``model.answer`` calls as :func:`generate_answers`,
+    in chunks of ``cfg.eval.batch_size`` with ``cfg.eval.max_new_tokens``."""
     import torch
 
     batch_size = batch_size or cfg.eval.batch_size
-    load_image = image_loader_for(model, cfg)
-    load_features = FeatureLoader()
     model.eval()
     answers: list[str] = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(questions), batch_size):
             chunk = questions[start:start + batch_size]
-            texts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in chunk]
-            if is_feature_file(chunk[0]["image"]):
-                feats = [load_features(q["image"]) for q in chunk]
-                out = model.answer(texts, slide_features=[f["features"] for f in feats],
-                                   slide_coords=[f["coords"] for f in feats],
-                                   max_new_tokens=cfg.eval.max_new_tokens)
-            else:
-                images = [load_image(q["image"]) for q in chunk]
-                same = all(im.shape == images[0].shape for im in images)
-                out = model.answer(texts, images=torch.stack(images) if same else images,
-                                   max_new_tokens=cfg.eval.max_new_tokens)
-            answers.extend(out)
+            loaded = [load_visual(resolve_image(q.get("image"), Path("."))) for q in chunk]
+            out: list[str | None] = [None] * len(chunk)
+            for kind in ("image", "slide", "none"):  # one call per visual kind, answers put back in order
+                where = [i for i, (k, _) in enumerate(loaded) if k == kind]
+                if where:
+                    texts = _answer_batch(model, [str(chunk[i]["text"]) for i in where], [kind] * len(where),
+                                          [loaded[i][1] for i in where], cfg.eval.max_new_tokens)
+                    for i, text in zip(where, texts):
+                        out[i] = text
+            answers.extend(str(a) for a in out)
     return answers
