@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pathkit.io import PathkitError
+from pathkit.io import PathkitError, folder_lock
 from pathkit.models.conversation import IMAGE_TOKEN
 from pathkit.paths import cache_dir
 
@@ -178,6 +178,14 @@ def tiny_llm_dir(name: str = "tiny", log=None) -> Path:
     key = _build_key(name)
     if _built_key(final) == key:
         return final
+    # one build at a time: runs started together (a sweep, parallel tests) wait for the first and reuse its folder
+    with folder_lock(final):
+        if _built_key(final) == key:
+            return final
+        return _build_into(final, name, key, log)
+
+
+def _build_into(final: Path, name: str, key: dict, log) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
