@@ -5,8 +5,9 @@ when no file is given. For a recipe, :func:`tutorial_data` builds (or reuses) th
 ``DataSpec`` names and returns one training file per stage and the held-out questions file:
 
 * tiles (:func:`pathkit.synthetic.tiles.ensure_tile_dataset`): ``train_captions.json`` (one ``<image>`` ->
-  caption record per tile: the ``captions``, ``describe`` and ``pairs`` views), ``train_llava.json`` (the
-  ``instruct`` view), ``train_instruct_closed<N>.json`` (``train_llava.json`` plus N single-turn closed questions
+  caption record per tile: the ``captions`` and ``describe`` views), ``train_pairs.json`` (the same, and the
+  held-out tiles marked ``"split": "heldout"`` for the contrastive stage's retrieval scores),
+  ``train_llava.json`` (the ``instruct`` view), ``train_instruct_closed<N>.json`` (``train_llava.json`` plus N single-turn closed questions
   per tile from its ground-truth label: PA-LLaVA's ``extra_closed``), ``heldout_questions.jsonl``;
 * slides (:func:`pathkit.wsi.pipeline.ensure_wsi_features`): ``wsi/llava/train_<format>.json`` whose ``image`` is
   the slide's feature file, ``wsi/llava/pairs.json`` (every slide and its report, for the WSI-text contrastive
@@ -85,8 +86,16 @@ def tile_train_file(cfg: Config, data_dir: str | Path, fmt: str, extra_closed: i
     ds = tile_set(cfg, data_dir)
     if split != "train" and fmt != "instruct":
         raise PathkitError(f"tile data: split {split!r} has no {fmt} file (train only)")
-    if fmt in ("captions", "describe", "pairs"):
+    if fmt in ("captions", "describe"):
         return ds.paths["train_captions"]
+    if fmt == "pairs":  # the training captions, and the held-out tiles marked for the retrieval scores
+        path = ds.root / "train_pairs.json"
+        if not path.is_file():
+            held = [{"id": r["id"], "image": r["image"], "label": r["label"], "split": "heldout",
+                     "conversations": [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": r["caption"]}]}
+                    for r in ds.metadata("heldout")]
+            write_json(path, read_json(ds.paths["train_captions"]) + held, indent=1)
+        return path
     if fmt != "instruct":
         raise PathkitError(f"tile data: format {fmt!r} must be captions, describe, instruct or pairs")
     if not extra_closed:

@@ -12,7 +12,7 @@ from pathkit.models.clip import PathologyCLIP
 from pathkit.train.contrastive import PairBatchSampler, train_clip
 from pathkit.train.contrastive_stage import run_contrastive_stage
 from pathkit.train.recipes import DataSpec, Recipe, Stage
-from pathkit.train.records import read_training_file, stage_view
+from pathkit.train.records import read_training_file, stage_records
 from pathkit.workdir import clip_pairs, tutorial_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,9 +55,7 @@ def test_pair_sampler_resumes_at_the_next_batch_of_the_epoch():
 @pytest.mark.slow
 def test_contrastive_stage_resumes_mid_epoch_with_the_uninterrupted_losses_and_weights(tmp_path):
     cfg, (recipe, stage) = _cfg(), _stage()
-    pairs = stage_view(read_training_file(tutorial_data(recipe, cfg, tmp_path / "data")["train"][stage.name]),
-                       "pairs")
-    data = pairs
+    data = stage_records(stage, read_training_file(tutorial_data(recipe, cfg, tmp_path / "data")["train"][stage.name]))
     straight_dir, killed_dir = tmp_path / "straight" / "clip", tmp_path / "killed" / "clip"
     straight = run_contrastive_stage(recipe, stage, cfg, data, straight_dir, resume=False, checkpoint_every=2)
     assert straight is not None and straight["resumed_from"] is None

@@ -114,6 +114,14 @@ def test_views_of_the_same_records(stain_set):
     assert described[0]["conversations"][0]["value"].startswith("<image>")
     assert described[1]["conversations"][0]["value"].endswith("<image>")
     assert stage_view(records[:2], "describe")[1]["conversations"][0]["value"] == f"<image>\n{QUESTION}"
+    # a record marked "split": "heldout" never trains; a contrastive stage scores retrieval on it
+    from pathkit.train.recipes import DataSpec, Stage
+    from pathkit.train.records import heldout_records, stage_records
+
+    marked = [{**r, "split": "heldout"} if i < 3 else r for i, r in enumerate(records)]
+    clip = Stage(name="clip", kind="contrastive", data=DataSpec(format="pairs"), trainable={"vision": True})
+    assert [r["id"] for r in heldout_records(clip, marked)] == [r["id"] for r in records[:3]]
+    assert [r["id"] for r in stage_records(clip, marked)] == [r["id"] for r in pairs[3:]]
 
 
 def test_each_bad_record_is_one_line_naming_file_index_id_and_field(tmp_path, stain_set):

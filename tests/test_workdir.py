@@ -56,7 +56,11 @@ def test_tutorial_files_are_llava_files_the_trainer_reads(tmp_path):
     pa = get_recipe("pa_llava", "tiny")
     files = tutorial_data(pa, cfg, tmp_path)
     train = files["train"]
-    assert train["clip"] == train["domain_alignment"] != train["vqa_tuning"]
+    assert len({train["clip"], train["domain_alignment"], train["vqa_tuning"]}) == 3
+    pairs = json.loads(train["clip"].read_text())
+    assert [r["id"] for r in pairs if r.get("split") != "heldout"] == [
+        r["id"] for r in json.loads(train["domain_alignment"].read_text())]  # the same training tiles
+    assert len([r for r in pairs if r.get("split") == "heldout"]) == 6  # one held-out tile per class
     for path in set(train.values()):
         assert validate_llava_file(path) > 0
     records = json.loads(train["vqa_tuning"].read_text())

@@ -19,12 +19,12 @@ from pathkit.train.recipes import Recipe, Stage
 
 def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, records: list[dict[str, Any]], stage_dir: Path,
                           resume: bool = True,
-                          progress: bool = False, checkpoint_every: int = 20, stop_after_steps: int | None = None
-                          ) -> dict[str, Any] | None:
+                          progress: bool = False, checkpoint_every: int = 20, stop_after_steps: int | None = None,
+                          heldout: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """Train the stage on ``records`` (its ``pairs`` view: image or slide feature file, and the text), continuing
     from ``stage_dir/checkpoints/last.ckpt`` when ``resume``; returns the stage summary, or None when
     ``stop_after_steps`` stopped it early (the runner's contract for an interrupted stage). Retrieval and
-    zero-shot scores (``label`` of the records) are measured on the training pairs."""
+    zero-shot scores (``label`` of the records) are measured on ``heldout`` (default: the training pairs)."""
     from pathkit.train.contrastive import train_clip
 
     source = "slides" if recipe.vision == "slide" else "tiles"
@@ -36,7 +36,8 @@ def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, records: list[dict[
                                          ("text", "text")) if not stage.trainable.get(part, False)]
     if stage.max_length:
         cfg = cfg.override({"text_encoder.max_length": stage.max_length})
-    metrics = train_clip(cfg, stage_dir, source=source, pairs=records, vision=vision, epochs=stage.epochs,
+    metrics = train_clip(cfg, stage_dir, records, source=source, heldout_pairs=heldout, vision=vision,
+                         epochs=stage.epochs,
                          batch_size=stage.batch_size, lr=stage.lr, weight_decay=stage.weight_decay,
                          warmup_ratio=stage.warmup_ratio, max_steps=stage.max_steps, freeze=freeze,
                          seed=cfg.seed, progress=progress, resume=resume, checkpoint_every=checkpoint_every,

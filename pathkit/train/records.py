@@ -14,6 +14,9 @@ Each stage takes a view of the same records (``DataSpec.format``):
   ``dataformat.py``); a record whose first human turn already asks something keeps it;
 * ``instruct``: every turn, text-only records included;
 * ``pairs``: the image and the first assistant turn, for contrastive stages.
+
+A record marked ``"split": "heldout"`` is never trained on; a contrastive stage measures its retrieval and
+zero-shot scores on those records (on its training pairs when the file has none).
 """
 
 from __future__ import annotations
@@ -143,10 +146,21 @@ def read_stage_files(files: dict[str, Path], image_folder: str | Path | None, sk
     return out
 
 
+def is_heldout(record: dict[str, Any]) -> bool:
+    """A record marked ``"split": "heldout"``: never trained on; a contrastive stage measures retrieval on it."""
+    return str(record.get("split", "")).lower() == "heldout"
+
+
+def heldout_records(stage: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage's view of its file's held-out records (see :func:`is_heldout`); often none."""
+    return stage_view([r for r in records if is_heldout(r)], stage.data.format)
+
+
 def stage_records(stage: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The stage's view of its file's records (``DataSpec.format``), capped at ``max_samples``."""
+    """The stage's view of its file's training records (``DataSpec.format``; held-out records left out), capped
+    at ``max_samples``."""
     spec = stage.data
-    out = stage_view(records, spec.format)
+    out = stage_view([r for r in records if not is_heldout(r)], spec.format)
     if spec.max_samples:
         out = out[: spec.max_samples]
     if not out:

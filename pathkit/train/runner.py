@@ -49,7 +49,7 @@ from pathkit.train.data import (
     split_validation,
 )
 from pathkit.train.recipes import Recipe, Stage
-from pathkit.train.records import read_stage_files, stage_files, stage_records
+from pathkit.train.records import heldout_records, read_stage_files, stage_files, stage_records
 from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
 from pathkit.train.vlm_module import VLMModule, count_trainable
 
@@ -294,9 +294,10 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path,
                 model, previous_dir = None, stage_dir / "model"
             continue
         if stage.kind == "contrastive":
+            heldout = heldout_records(stage, records_by_file[files[stage.name]])
             result = run_contrastive_stage(recipe, stage, scfg, records, stage_dir, resume=resume,
                                            progress=progress, checkpoint_every=checkpoint_every,
-                                           stop_after_steps=stop_after_steps)
+                                           stop_after_steps=stop_after_steps, heldout=heldout or None)
         else:
             if model is None:
                 model = build_vlm(scfg, recipe, stage, out_dir, previous_dir)
