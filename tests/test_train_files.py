@@ -194,10 +194,13 @@ def test_cli_stops_on_bad_records_before_training_and_skips_them_on_request(tmp_
 
 
 def test_stages_lists_name_kind_and_view():
-    proc = subprocess.run([sys.executable, "-m", "pathkit.cli", "train", "pa_llava", "--stages"],
-                          capture_output=True, text=True, env=_env())
-    assert proc.returncode == 0, proc.stderr
-    rows = [line.split() for line in proc.stdout.strip().splitlines()]
+    from typer.testing import CliRunner
+
+    from pathkit.cli import app
+
+    result = CliRunner().invoke(app, ["train", "pa_llava", "--stages"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.strip().splitlines()]
     assert [(r[0], r[1], r[2]) for r in rows] == [("clip", "contrastive", "view=pairs"),
                                                  ("domain_alignment", "vlm", "view=describe"),
                                                  ("vqa_tuning", "vlm", "view=instruct")]
