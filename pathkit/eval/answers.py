@@ -59,10 +59,57 @@ def load_visual(path: Path | None) -> tuple[str, Any]:
         raise PathkitError(f"{path}: cannot read image ({err})") from err
 
 
+class ServedChatModel:
+    """A model behind an OpenAI-compatible endpoint (``pathkit serve``, vLLM) with ``VisionLanguageModel.answer``'s
+    interface: each question is one chat request, greedy (temperature 0), sent concurrently so the server can
+    batch them. Images travel as PNG data URLs (lossless); a slide travels as its feature file's absolute path,
+    which the server accepts only under its ``--image-root``. The API key comes from the environment only."""
+
+    sends_paths = True  # slides are named, not loaded here
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
+                 timeout: float = 600.0):
+        from pathkit.instruct.client import ChatClient
+
+        self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
+                                 timeout=timeout, max_attempts=3)
+
+    @staticmethod
+    def _image_url(image: Any) -> str:
+        import base64
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    def _ask(self, prompt: str, url: str | None, max_new_tokens: int) -> str:
+        content: Any = prompt
+        if url is not None:
+            content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": prompt}]
+        reply = self.client.chat([{"role": "user", "content": content}], temperature=0, max_tokens=max_new_tokens)
+        return reply.text
+
+    def answer(self, questions: list[str], images: list[Any] | None = None, slide_features: list[Any] | None = None,
+               slide_coords=None, max_new_tokens: int = 32) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if images is not None:
+            urls = [self._image_url(im) for im in images]
+        elif slide_features is not None:
+            urls = [str(Path(p).resolve()) for p in slide_features]
+        else:
+            urls = [None] * len(questions)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(questions), self.client.concurrency))) as pool:
+            return list(pool.map(lambda qu: self._ask(qu[0], qu[1], max_new_tokens), zip(questions, urls)))
+
+
 def _answer_batch(model: Any, prompts: list[str], kinds: list[str], visuals: list[Any],
                   max_new_tokens: int) -> list[str]:
     """Call ``model.answer`` for one batch of one visual kind."""
     kind = kinds[0]
+    if kind == "slide" and getattr(model, "sends_paths", False):
+        return list(model.answer(prompts, slide_features=visuals, max_new_tokens=max_new_tokens))
     if kind == "slide":
         return list(model.answer(prompts, slide_features=[f for f, _ in visuals],
                                  slide_coords=[c for _, c in visuals], max_new_tokens=max_new_tokens))
@@ -75,11 +122,15 @@ def generate_answers(model_dir: str | Path | None, questions_jsonl: str | Path, 
                      batch_size: int = 8, max_new_tokens: int = 32, model: Any = None,
                      model_id: str | None = None, failures_path: str | Path | None = None,
                      progress: bool = True,
-                     on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+                     on_batch: Callable[[int], None] | None = None, base_url: str | None = None,
+                     api_key_env: str = "OPENAI_API_KEY") -> dict[str, Any]:
     """Answer every question not yet in ``out_jsonl``; batched greedy decoding through ``model.answer``.
 
     Args:
-        model_dir: a ``VisionLanguageModel.save_pretrained`` folder (ignored when ``model`` is given).
+        model_dir: a ``VisionLanguageModel.save_pretrained`` folder or an HF LLaVA folder (ignored when ``model``
+            is given); with ``base_url``, the name of the served model.
+        base_url: an OpenAI-compatible endpoint (``pathkit serve``, vLLM) that answers instead of a local model
+            (:class:`ServedChatModel`); the key, if any, is read from ``api_key_env``.
         questions_jsonl: evaluation questions (``question_id``, ``image``, ``text``, ...).
         out_jsonl: the answers journal (LLaVA format); appended to, never rewritten.
         model: an already loaded model with ``.answer(prompts, images=..., max_new_tokens=...)``.
@@ -91,6 +142,11 @@ def generate_answers(model_dir: str | Path | None, questions_jsonl: str | Path, 
     """
     questions_jsonl = Path(questions_jsonl)
     out_jsonl = Path(out_jsonl)
+    if model is None and base_url is not None:
+        if model_dir is None:
+            raise PathkitError("generate_answers: with base_url, model_dir names the served model")
+        model = ServedChatModel(base_url, str(model_dir), api_key_env=api_key_env, concurrency=batch_size)
+        model_id = model_id or str(model_dir)
     if model is None:
         if model_dir is None:
             raise PathkitError("generate_answers: give model_dir or model")
@@ -135,7 +191,13 @@ def generate_answers(model_dir: str | Path | None, questions_jsonl: str | Path, 
             loaded: list[tuple[dict[str, Any], str, Any]] = []
             for lineno, row in chunk:
                 try:
-                    kind, visual = load_visual(resolve_image(row.get("image"), base))
+                    path = resolve_image(row.get("image"), base)
+                    if getattr(model, "sends_paths", False) and path is not None and path.suffix in (".h5", ".hdf5"):
+                        if not path.exists():
+                            raise PathkitError(f"{path}: slide feature file not found")
+                        kind, visual = "slide", path
+                    else:
+                        kind, visual = load_visual(path)
                     loaded.append((row, kind, visual))
                 except PathkitError as err:
                     failures.add(f"{questions_jsonl}:{lineno} question_id={row['question_id']}", err)

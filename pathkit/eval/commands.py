@@ -12,19 +12,24 @@ eval_app = typer.Typer(help="Evaluate models: answer questions, score answers, c
 
 @eval_app.command("answers")
 def answers_cmd(
-    model_dir: Path = typer.Argument(..., help="a VisionLanguageModel.save_pretrained folder"),
+    model_dir: str = typer.Argument(..., help="a pathkit model folder or an HF LLaVA folder; with --base-url, "
+                                              "the served model's name"),
     questions: Path = typer.Argument(..., help="questions JSONL (question_id, image, text, answer, answer_type)"),
     out: Path = typer.Option(..., "--out", help="answers JSONL (LLaVA format); resumed if it exists"),
-    batch_size: int = typer.Option(8, help="questions per greedy generate call"),
+    batch_size: int = typer.Option(8, help="questions per greedy generate call (with --base-url: in flight)"),
     max_new_tokens: int = typer.Option(32, help="tokens generated per answer"),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint that answers instead of a "
+                                                         "local model (pathkit serve, vLLM), e.g. http://127.0.0.1:8000/v1"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's key"),
 ) -> None:
     """Answer every question with greedy decoding; rerun to resume (answered question_ids are skipped)."""
     from pathkit.eval.answers import generate_answers
     from pathkit.io import PathkitError
 
-    if not model_dir.is_dir():
+    if base_url is None and not Path(model_dir).is_dir():
         raise PathkitError(f"{model_dir}: model folder not found")
-    res = generate_answers(model_dir, questions, out, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    res = generate_answers(model_dir, questions, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           base_url=base_url, api_key_env=api_key_env)
     typer.echo(f"answered {res['answered']}, already done {res['skipped']}, failed {res['failed']} -> {out}")
     if res["failed"]:
         raise PathkitError(res["failures"].summary("question"))

@@ -81,9 +81,14 @@ class ImagePreprocess:
             raise PathkitError(f"preprocess: expected a PIL image or numpy array, got {type(image).__name__}")
         image = image.convert("RGB")
         w, h = image.size
-        if (w, h) != (self.size, self.size):
-            scale = self.resize / min(w, h)
-            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        if (w, h) != (self.size, self.size) or self.resize != self.size:
+            # the short side becomes ``resize``, the long side is truncated as transformers' CLIP image
+            # processor does (int(resize * long / short)), so exported processors give the same pixels
+            if w <= h:
+                nw, nh = self.resize, int(self.resize * h / w)
+            else:
+                nw, nh = int(self.resize * w / h), self.resize
+            nw, nh = max(nw, self.size), max(nh, self.size)
             if (nw, nh) != (w, h):
                 image = image.resize((nw, nh), Image.BICUBIC)
             left, top = (nw - self.size) // 2, (nh - self.size) // 2
@@ -265,6 +270,10 @@ def _load_transformers(name_or_path: str) -> tuple[nn.Module, ImagePreprocess, i
     except Exception as err:
         raise PathkitError(f"{directory}/config.json: cannot read config ({type(err).__name__})") from err
     model_type = config.model_type
+    if model_type == "llava":  # an HF LLaVA folder: its vision tower
+        from pathkit.models.hf_llava import load_llava_vision_tower
+
+        return load_llava_vision_tower(directory)
     if model_type == "clip":
         from transformers import CLIPVisionModelWithProjection as cls
 

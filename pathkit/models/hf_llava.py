@@ -1,16 +1,38 @@
-"""transformers' ``LlavaForConditionalGeneration`` built from the same parts as a pathkit model.
+"""pathkit models in and out of transformers' LLaVA layout (``LlavaForConditionalGeneration`` folders).
 
-Two uses: a peer implementation that checks pathkit's splicing (same weights -> same logits), and the baseline
-of the GPU training-speed comparison (pathkit's model against transformers' LLaVA of the same size).
-Only the plain LLaVA-1.5 layout converts: a CLIP-style vision tower, an ``mlp2x_gelu`` connector, a causal LM
-(LoRA is merged into a copy first).
+Out: :func:`to_hf_llava` builds transformers' LLaVA from a pathkit model's weights (the peer implementation
+that checks pathkit's splicing, and the GPU speed baseline); :func:`export_hf_llava` writes it as a folder that
+``AutoProcessor.from_pretrained`` + ``LlavaForConditionalGeneration.from_pretrained`` (and vLLM) load unchanged:
+weights with LoRA merged, the tokenizer (adding BOS as Llama's does), pathkit's chat template as Jinja, and a
+CLIP image processor whose pixels equal pathkit's preprocessing. Only the LLaVA-1.5 layout fits: a CLIP-style
+vision tower, an ``mlp2x_gelu`` connector on the penultimate layer's patch tokens, a causal LM;
+:func:`hf_llava_unsupported` names what else a model has (PA-LLaVA's connector, slide models).
+
+In: an HF LLaVA folder (llava-hf checkpoints, or pathkit's own export) works where a pathkit model folder
+does: :func:`load_llava_vision_tower` and :func:`load_llava_language_model` read only their part of the
+safetensors (both key layouts: transformers >= 4.52 ``model.language_model.*`` and llava-hf's older
+``language_model.model.*``), :func:`llava_projector_state` the connector, and :func:`pathkit_config_for_llava`
+the pathkit config that names the folder as encoder and LLM.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
 
 from pathkit.io import PathkitError
+
+EXPORT_FILE = "pathkit_export.json"  # written beside an export: pathkit's template name and source
+# part -> key prefixes in LLaVA checkpoints, transformers >= 4.52 layout first, then llava-hf's older one
+LLAVA_PREFIXES: dict[str, tuple[str, ...]] = {
+    "vision_tower": ("model.vision_tower.", "vision_tower."),
+    "projector": ("model.multi_modal_projector.", "multi_modal_projector."),
+    "language_model": ("model.language_model.", "language_model.model."),
+    "lm_head": ("lm_head.", "language_model.lm_head."),
+}
 
 
 def to_hf_llava(vlm):
@@ -71,3 +93,291 @@ def expand_image_tokens(input_ids, attention_mask, labels, image_token_id: int, 
         if out_labels is not None:
             out_labels[b, :len(r)] = labs[b]
     return out_ids, out_mask, out_labels
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def hf_llava_unsupported(vlm) -> str | None:
+    """Why ``vlm`` cannot be written in LLaVA's layout (one line), or None when it can."""
+    from torch import nn
+
+    if vlm.vision != "image":
+        return "a slide model (LongNet / tile features in) has no place in LlavaForConditionalGeneration"
+    backbone = getattr(vlm.vision_tower, "backbone", None)
+    if backbone is None or backbone.config.model_type != "clip_vision_model":
+        return "LLaVA's layout here needs a CLIP vision tower"
+    connector = vlm.connector
+    linears = [m for m in connector if isinstance(m, nn.Linear)] if isinstance(connector, nn.Sequential) else []
+    if vlm.cfg.connector.type != "mlp2x_gelu" or len(linears) != 2:
+        return (f"connector {vlm.cfg.connector.type!r} is not LLaVA's mlp2x_gelu projector"
+                + (" (PA-LLaVA's scale-invariant connector tiles the image)"
+                   if vlm.cfg.connector.type == "scale_invariant" else ""))
+    if vlm.cfg.encoder.select_feature != "patch":
+        return "encoder.select_feature must be 'patch' (LLaVA's 'default' strategy)"
+    return None
+
+
+def _tokenizer_adding_bos(tokenizer):
+    """A copy of ``tokenizer`` that starts every encoding with BOS (as Llama's tokenizers do), so a processor
+    or vLLM fed a raw prompt gets pathkit's ids; a tokenizer that already adds BOS, or has none, is kept."""
+    tok = copy.deepcopy(tokenizer)
+    bos = tok.bos_token
+    if bos is None or tok("a")["input_ids"][:1] == [tok.bos_token_id] or not hasattr(tok, "backend_tokenizer"):
+        return tok
+    from tokenizers.processors import TemplateProcessing
+
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_token_id)])
+    return tok
+
+
+def _image_processor(preprocess):
+    """transformers' CLIP image processor (its PIL backend: no torchvision) with pathkit's resize, crop and
+    normalisation; saved as ``CLIPImageProcessor``."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        do_resize=True, size={"shortest_edge": preprocess.resize}, resample=3,  # 3 = PIL bicubic
+        do_center_crop=True, crop_size={"height": preprocess.size, "width": preprocess.size},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[float(x) for x in preprocess.mean.ravel()], image_std=[float(x) for x in preprocess.std.ravel()],
+        do_convert_rgb=True)
+
+
+def export_hf_llava(vlm, out_dir: str | Path, source: str | None = None) -> Path:
+    """Write ``vlm`` as an HF LLaVA folder (weights with LoRA merged, processor, tokenizer, chat template).
+
+    Raises :class:`PathkitError` with :func:`hf_llava_unsupported`'s reason when the layout cannot hold it.
+    The folder appears whole or not at all (written under a temporary name, then renamed)."""
+    from transformers import GenerationConfig, LlavaProcessor
+
+    from pathkit.models.conversation import chat_template_jinja
+    from pathkit.models.llm import _quiet_progress
+
+    reason = hf_llava_unsupported(vlm)
+    if reason:
+        raise PathkitError(f"hf-llava export: {reason}")
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    hf = to_hf_llava(vlm)
+    tokenizer = _tokenizer_adding_bos(vlm.tokenizer)
+    template = chat_template_jinja(vlm.template)
+    tokenizer.chat_template = template
+    stops = vlm.stop_token_ids()
+    hf.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stops,
+                                            pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    hf.config.pad_token_id = tokenizer.pad_token_id
+    with _quiet_progress():
+        hf.save_pretrained(str(tmp))
+    processor = LlavaProcessor(
+        image_processor=_image_processor(vlm.preprocess), tokenizer=tokenizer,
+        patch_size=hf.config.vision_config.patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, image_token="<image>", chat_template=template)  # 1 = CLIP's CLS
+    processor.save_pretrained(str(tmp))
+    processor.image_processor.save_pretrained(str(tmp))  # preprocessor_config.json: what transformers 4.x reads
+    tokenizer.save_pretrained(str(tmp))  # the tokenizer's own copy of the chat template, for tokenizer-only users
+    (tmp / EXPORT_FILE).write_text(json.dumps({
+        "format": "hf-llava", "template": vlm.template, "source": source, "image_token": "<image>",
+        "visual_tokens": vlm.vision_tower.num_tokens}, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------------------ import
+
+
+def is_hf_llava_dir(path: str | Path) -> bool:
+    """True when ``path`` is a folder whose ``config.json`` says ``model_type: llava``."""
+    config = Path(str(path)).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "llava"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def llava_config(directory: str | Path):
+    """The folder's ``LlavaConfig``; a one-line error naming the file when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(directory))
+    except Exception as err:
+        raise PathkitError(f"{Path(directory) / 'config.json'}: not a readable LLaVA config "
+                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / n for n in names]
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise PathkitError(f"{directory}: no model.safetensors (pathkit reads LLaVA weights only as safetensors)")
+
+
+def read_llava_weights(directory: str | Path, part: str) -> dict[str, Any]:
+    """The tensors of one part (``vision_tower``, ``projector``, ``language_model``, ``lm_head``), prefix
+    stripped, from a LLaVA folder's safetensors (only that part is read)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    prefixes = LLAVA_PREFIXES[part]
+    out: dict[str, Any] = {}
+    for file in _weight_files(directory):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                prefix = next((p for p in prefixes if key.startswith(p)), None)
+                if prefix is not None:
+                    out[key[len(prefix):]] = f.get_tensor(key)
+    return out
+
+
+def _check_load(result, where: str, allowed_missing: tuple[str, ...] = ()) -> None:
+    missing = [k for k in result.missing_keys if not k.startswith(allowed_missing)]
+    if missing or result.unexpected_keys:
+        raise PathkitError(f"{where}: weights do not match the config (missing {missing[:3]}, "
+                           f"unexpected {list(result.unexpected_keys)[:3]})")
+
+
+def _image_processor_config(directory: Path) -> dict:
+    """The image processor's settings: ``preprocessor_config.json``, else transformers 5's
+    ``processor_config.json`` (which nests them under ``image_processor``)."""
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data = data.get(key) if key else data
+            if isinstance(data, dict):
+                return data
+    return {}
+
+
+def load_llava_vision_tower(directory: str | Path):
+    """The vision tower of an HF LLaVA folder behind pathkit's encoder interface -> (model, preprocess, dim)."""
+    import torch
+    from transformers import CLIPVisionModel
+
+    from pathkit.models.encoders import CLIP_MEAN, CLIP_STD, HFVisionEncoder, ImagePreprocess
+
+    directory = Path(directory)
+    config = llava_config(directory)
+    vision = config.vision_config
+    if vision.model_type != "clip_vision_model":
+        raise PathkitError(f"{directory}/config.json: vision_config.model_type={vision.model_type!r}; pathkit "
+                           "imports LLaVA folders with a CLIP vision tower")
+    with torch.device("cpu"):
+        backbone = CLIPVisionModel(vision)
+    state = read_llava_weights(directory, "vision_tower")
+    # checkpoints name the tower's weights with or without "vision_model." (transformers 4.x vs 5.x modules)
+    nested = any(k.startswith("vision_model.") for k in backbone.state_dict())
+    state = {k.removeprefix("vision_model."): v for k, v in state.items()}
+    state = {f"vision_model.{k}" if nested else k: v for k, v in state.items()}
+    _check_load(backbone.load_state_dict(state, strict=False), f"{directory}: vision tower")
+    model = HFVisionEncoder(backbone.eval(), "clip", vision.image_size, vision.patch_size, vision.hidden_size,
+                            vision.hidden_size, 1).eval()
+    mean, std, resize = CLIP_MEAN, CLIP_STD, None
+    pp = _image_processor_config(directory)
+    if pp:
+        mean, std = tuple(pp.get("image_mean", mean)), tuple(pp.get("image_std", std))
+        size = pp.get("size") or {}
+        resize = int(size["shortest_edge"]) if isinstance(size, dict) and "shortest_edge" in size else None
+    return model, ImagePreprocess(vision.image_size, mean, std, resize), int(vision.hidden_size)
+
+
+def load_llava_language_model(directory: str | Path, dtype=None):
+    """The causal LM of an HF LLaVA folder (its text config + language-model weights) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    config = llava_config(directory)
+    text = config.text_config
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_config(text, dtype=dtype) if dtype is not None \
+        else AutoModelForCausalLM.from_config(text)
+    body = read_llava_weights(directory, "language_model")
+    head = read_llava_weights(directory, "lm_head")
+    state = {f"model.{k}": v for k, v in body.items()} | {f"lm_head.{k}": v for k, v in head.items()}
+    tied = bool(getattr(text, "tie_word_embeddings", False))
+    _check_load(model.load_state_dict(state, strict=False), f"{directory}: language model",
+                allowed_missing=("lm_head.",) if tied else ())
+    if tied:
+        model.tie_weights()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as err:
+        raise PathkitError(f"{directory}: cannot load the tokenizer ({type(err).__name__})") from err
+    return model.eval(), tokenizer
+
+
+def llava_projector_state(directory: str | Path) -> dict[str, Any]:
+    """The multi-modal projector as the state dict of pathkit's ``mlp2x_gelu`` connector (``0.*``, ``2.*``)."""
+    state = read_llava_weights(directory, "projector")
+    names = {"linear_1.": "0.", "linear_2.": "2."}
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in names if key.startswith(p)), None)
+        if prefix is None:
+            raise PathkitError(f"{directory}: projector weight {key!r} is not LLaVA's two-layer MLP")
+        out[names[prefix] + key[len(prefix):]] = value
+    return out
+
+
+def _template_of(directory: Path, chat_template: str | None) -> str:
+    """pathkit's template name for a LLaVA folder: from pathkit's export record, else guessed from the chat
+    template's markers (LLaVA-1.5's Vicuna format when there is none)."""
+    record = directory / EXPORT_FILE
+    if record.is_file():
+        return json.loads(record.read_text()).get("template", "vicuna_v1")
+    text = chat_template or ""
+    if "<|start_header_id|>" in text:
+        return "llama3"
+    if "<|im_start|>" in text:
+        return "qwen2"
+    if "<|assistant|>" in text:
+        return "huatuo"
+    return "vicuna_v1"
+
+
+def _chat_template_text(directory: Path) -> str | None:
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = directory / name
+        if path.is_file():
+            return path.read_text()
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("chat_template")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def pathkit_config_for_llava(directory: str | Path, base=None):
+    """A pathkit :class:`~pathkit.config.Config` whose encoder and LLM are the LLaVA folder ``directory``."""
+    from pathkit.config import Config
+
+    directory = Path(directory).expanduser().resolve()
+    config = llava_config(directory)
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    layer = config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise PathkitError(f"{directory}/config.json: vision_feature_layer={layer!r}; pathkit takes one layer")
+    text = config.text_config
+    max_length = min(int(getattr(text, "max_position_embeddings", 2048) or 2048), 2048)
+    cfg = base if base is not None else Config.from_name("tiny")
+    return cfg.override({
+        "encoder.name": str(directory), "encoder.image_size": int(config.vision_config.image_size),
+        "encoder.select_layer": layer, "encoder.select_feature": "patch" if strategy == "default" else "cls_patch",
+        "connector.type": "mlp2x_gelu", "llm.name": str(directory), "llm.lora_r": 0,
+        "llm.chat_template": _template_of(directory, _chat_template_text(directory)),
+        "llm.max_length": max_length,
+    })

@@ -11,7 +11,8 @@
               the LoRA recipes (pa_llava, wsi_llava) at the tiny preset. Built once (about 2-4 minutes on one
               CPU thread), cached like ``tiny``; ``pathkit_build.json`` in its folder records the loss curve.
 ``tiny-gpu``  the same recipe, bigger (hidden 512, 8 layers), for the gpu preset.
-anything else a transformers hub id (e.g. ``lmsys/vicuna-7b-v1.5``) or a local folder.
+anything else a transformers hub id (e.g. ``lmsys/vicuna-7b-v1.5``) or a local folder; an HF LLaVA folder
+              gives its language model (:mod:`pathkit.models.hf_llava`).
 
 Every tokenizer leaves here with a pad token and the ``<image>`` placeholder token; when a real tokenizer lacks
 ``<image>`` it is added and the embeddings are resized (as the llava-hf checkpoints do), so a checkpoint that was
@@ -302,6 +303,12 @@ def load_llm(name_or_path: str | Path = "tiny", dtype=None, device: str = "cpu")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _resolve(name_or_path)
+    from pathkit.models.hf_llava import is_hf_llava_dir, load_llava_language_model
+
+    if is_hf_llava_dir(source):  # an HF LLaVA folder: its language model part
+        model, tokenizer = load_llava_language_model(source, dtype=dtype)
+        prepare_tokenizer(tokenizer, model)
+        return model.to(device), tokenizer
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     with _quiet_progress():

@@ -107,6 +107,11 @@ class VisionLanguageModel(nn.Module):
         else:
             raise PathkitError(f"vision={vision!r}: must be image or slide")
         connector = build_connector(cfg.connector, in_dim, hidden)
+        if vision == "image" and cfg.connector.type == "mlp2x_gelu":
+            from pathkit.models.hf_llava import is_hf_llava_dir, llava_projector_state
+
+            if is_hf_llava_dir(cfg.encoder.name):  # an HF LLaVA folder brings its trained projector along
+                connector.load_state_dict(llava_projector_state(cfg.encoder.name))
         model = cls(cfg, llm, tokenizer, connector, vision=vision, vision_tower=tower, preprocess=preprocess,
                     slide_encoder=encoder, llm_source=str(llm_name))
         if lora and cfg.llm.lora_r > 0:
@@ -535,15 +540,19 @@ class VisionLanguageModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> VisionLanguageModel:
-        """Load a folder written by :meth:`save_pretrained`."""
+        """Load a folder written by :meth:`save_pretrained`, or an HF LLaVA folder (:meth:`from_hf_llava`)."""
         from safetensors.torch import load_file
 
         from pathkit.config import Config
+        from pathkit.models.hf_llava import is_hf_llava_dir
 
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.exists():
-            raise PathkitError(f"{directory}: not a pathkit model folder (no {META_FILE})")
+            if is_hf_llava_dir(directory):
+                return cls.from_hf_llava(directory, device=device)
+            raise PathkitError(f"{directory}: not a pathkit model folder (no {META_FILE}) nor an HF LLaVA folder "
+                               "(config.json with model_type 'llava')")
         meta = json.loads(meta_path.read_text())
         cfg = Config.from_yaml(directory / "config.yaml")
         llm_name = str(directory / "llm") if meta["llm"] == "llm" else meta["llm"]
@@ -567,3 +576,14 @@ class VisionLanguageModel(nn.Module):
         model.trained_parts = set(meta["trained_parts"])
         model.llm_source = meta["llm"] if meta["llm"] != "llm" else llm_name
         return model.to(device)
+
+    @classmethod
+    def from_hf_llava(cls, directory: str | Path, device: str = "cpu", base_cfg=None) -> VisionLanguageModel:
+        """Load an HF LLaVA folder (``LlavaForConditionalGeneration`` + processor files), e.g. a llava-hf
+        checkpoint or pathkit's own export: its vision tower, projector and LLM, frozen as a fresh model is.
+
+        ``base_cfg``: the pathkit config whose other sections (training, data) it keeps (default: ``tiny``)."""
+        from pathkit.models.hf_llava import pathkit_config_for_llava
+
+        cfg = pathkit_config_for_llava(directory, base_cfg)
+        return cls.from_config(cfg, vision="image", lora=False).to(device)

@@ -1,0 +1,1 @@
+"""pathkit models out of pathkit: export to transformers' LLaVA layout, and an OpenAI-compatible server."""
