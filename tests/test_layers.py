@@ -1,6 +1,6 @@
 """pathkit's packages import downwards only: config and io; synthetic / wsi / video (and workdir, which writes
 their data as files); models; curate / instruct; train; eval (and data, the importers of public data sets); viz,
-the CLI and the project's tooling (notebooks, fingerprints, lock file, provenance). Read from the source (every
+the CLI, the model server and the project's tooling (notebooks, fingerprints, lock file, provenance). Read from the source (every
 ``import`` statement, inside functions too), so a lazy import that points upwards is caught as well."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "pathkit"
 LAYERS = [("config", "io", "paths"), ("synthetic", "wsi", "video", "workdir"), ("models",), ("curate", "instruct"),
-          ("train",), ("eval", "data"), ("viz", "cli", "notebooks", "sweep", "provenance", "fingerprints", "lockfile")]
+          ("train",), ("eval", "data"), ("viz", "cli", "serve", "notebooks", "sweep", "provenance", "fingerprints",
+                                               "lockfile")]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 # Known upward imports, each with its reason. Keep this list short; a new entry needs a reason as good as these.
 ALLOWED = {
