@@ -19,15 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pathkit.wsi.features as features_module
 from pathkit.train.data import FeatureLoader, coords_or_grid
 
 DIM = 64  # the tiny wsi_llava recipe's LongNet input width (longnet.in_dim)
 DIAGNOSES = ("lymphoma", "fibrosis")
-
-needs_foreign_readers = pytest.mark.skipif(
-    not hasattr(features_module, "FEATURE_SUFFIXES"),
-    reason="read_features for CLAM/TRIDENT/.pt files comes with issue 12 section 3 (formats branch)")
 
 
 def _clam(root: Path, name: str, feats: np.ndarray, coords: np.ndarray) -> Path:
@@ -102,7 +97,6 @@ def test_feature_files_without_coords_get_a_row_major_grid():
     assert coords_or_grid(given, 1).dtype == np.int64 and coords_or_grid(given, 1).tolist() == [[7, 9]]
 
 
-@needs_foreign_readers
 def test_feature_loader_reads_each_tool_layout(tmp_path):
     train, _ = _slides(tmp_path, per_format=1)
     load = FeatureLoader()
@@ -111,7 +105,6 @@ def test_feature_loader_reads_each_tool_layout(tmp_path):
         assert item["features"].shape[1] == DIM and item["coords"].shape == (item["features"].shape[0], 2)
 
 
-@needs_foreign_readers
 @pytest.mark.slow
 def test_wsi_llava_trains_on_clam_trident_and_pt_features(tmp_path):
     train, questions = _slides(tmp_path)
