@@ -33,7 +33,8 @@ def _root() -> None:
 @app.command("config")
 def show_config(
     preset: str = typer.Argument("tiny", help="tiny, gpu, paper, or a YAML file"),
-    set_: list[str] = typer.Option(None, "--set", help="override a field: --set train.lr=1e-4"),
+    set_: list[str] = typer.Option(None, "--set", help="override a field: --set llm.lora_r=8 (learning rates and "
+                                   "batch sizes are recipe stage fields: pathkit train --set STAGE.lr=1e-4)"),
 ) -> None:
     """Print a preset (or a YAML config with overrides) as YAML."""
     from pathkit.config import load_config, parse_set

@@ -2,13 +2,14 @@
 
 One dataclass per component, each validated in ``__post_init__`` with an error that names the bad field and
 its value. A whole :class:`Config` is data: ``Config.from_name("tiny")``, ``cfg.to_yaml(path)``,
-``Config.from_yaml(path)``, ``cfg.override({"train.lr": 1e-4})``. This module never imports torch.
+``Config.from_yaml(path)``, ``cfg.override({"llm.lora_r": 8})``. This module never imports torch.
 
 Presets:
     tiny   random-init tiny models, small procedural data; a laptop CPU runs every notebook in minutes.
     gpu    one GPU, about an hour per recipe: small real-sized models, more data, bf16.
-    paper  the seed systems' published settings (encoder and LLM names, learning rates, batch sizes,
-           LoRA ranks), see ``shared/reference/seed-systems.md``.
+    paper  the seed systems' published settings (encoder and LLM names, LoRA ranks, lengths), see
+           ``shared/reference/seed-systems.md``; their learning rates and batch sizes are in the paper recipes
+           (``pathkit.train.recipes``).
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ class VideoConfig(ConfigBase):
     min_box_fraction: float = 0.02
     max_box_fraction: float = 0.7
     heatmap_sigma: float = 8.0  # pixels of the frame
+    cursor_detector: str = "net"  # net: learned, any theme (pointer_tracker); template: white arrow/hand pixel art
 
     def validate(self) -> None:
+        self.check("cursor_detector", self.cursor_detector in ("net", "template"), "must be 'net' or 'template'")
         self.check("analysis_fps", self.analysis_fps > 0, "must be > 0")
         self.check("analysis_width", self.analysis_width >= 32, "must be >= 32 pixels")
         self.check("mad_k", self.mad_k > 0, "must be > 0")
@@ -321,16 +324,12 @@ class LLMConfig(ConfigBase):
 
 @dataclass
 class TrainConfig(ConfigBase):
-    """Defaults every training stage starts from; a recipe's stage overrides what it names."""
+    """How training runs: hardware, precision, parallelism, data workers, logging.
 
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    projector_lr: float | None = None
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    epochs: int = 1
-    max_steps: int = -1
+    What a stage optimises (learning rates, batch size, accumulation, epochs, warm-up, weight decay, clipping)
+    is not here: each recipe :class:`~pathkit.train.recipes.Stage` carries its own, the one source of those
+    values (``--set <stage>.lr=1e-4`` or ``--set '*.epochs=1'``)."""
+
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: int | str = 1
@@ -338,16 +337,12 @@ class TrainConfig(ConfigBase):
     gradient_checkpointing: bool = False
     num_workers: int = 0
     log_every_n_steps: int = 5
-    grad_clip: float = 1.0
 
     def validate(self) -> None:
-        self.check("batch_size", self.batch_size >= 1, "must be >= 1")
-        self.check("grad_accum", self.grad_accum >= 1, "must be >= 1")
-        self.check("lr", self.lr > 0, "must be > 0")
-        self.check("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)")
-        self.check("epochs", self.epochs >= 1, "must be >= 1")
         self.check("precision", self.precision in ("32-true", "bf16-mixed", "16-mixed", "bf16-true"),
                    "must be 32-true, bf16-mixed, 16-mixed or bf16-true")
+        self.check("num_workers", self.num_workers >= 0, "must be >= 0")
+        self.check("log_every_n_steps", self.log_every_n_steps >= 1, "must be >= 1")
 
 
 @dataclass
@@ -413,7 +408,7 @@ class Config(ConfigBase):
         return _PRESET_BUILDERS[name]()
 
     def override(self, changes: dict[str, Any]) -> Config:
-        """Return a copy with dotted keys replaced, e.g. ``{"train.lr": 1e-4, "llm.lora_r": 8}``."""
+        """Return a copy with dotted keys replaced, e.g. ``{"train.precision": "bf16-mixed", "llm.lora_r": 8}``."""
         data = self.to_dict()
         for key, value in changes.items():
             node = data
@@ -423,7 +418,9 @@ class Config(ConfigBase):
                     raise ConfigError(f"Config.{key}={value!r}: no section {part!r}")
                 node = node[part]
             if parts[-1] not in node:
-                raise ConfigError(f"Config.{key}={value!r}: unknown field {parts[-1]!r}")
+                hint = ("; optimiser settings belong to each recipe stage: <stage>.<field> or '*.<field>'"
+                        if parts[0] == "train" else "")
+                raise ConfigError(f"Config.{key}={value!r}: unknown field {parts[-1]!r}{hint}")
             node[parts[-1]] = value
         return Config.from_dict(data)
 
@@ -478,15 +475,15 @@ def _gpu() -> Config:
         longnet=LongNetConfig(in_dim=768, dim=384, depth=4, heads=8,
                               segment_lengths=(256, 512, 1024), dilation_rates=(1, 2, 4)),
         llm=LLMConfig(name="tiny-gpu", max_length=512, lora_r=16, lora_alpha=32),
-        train=TrainConfig(batch_size=32, lr=2e-4, precision="bf16-mixed", num_workers=4, epochs=3),
+        train=TrainConfig(precision="bf16-mixed", num_workers=4),
         eval=EvalConfig(batch_size=64),
     )
 
 
 def _paper() -> Config:
     # Seed settings (shared/reference/seed-systems.md): LLaVA-1.5 / Quilt-LLaVA CLIP-L/336 tower at layer -2,
-    # Vicuna-7B v1.5, LoRA r128/alpha256, lr 2e-4 (projector 2e-5), global batch 128; Prov-GigaPath tiles of
-    # 256 px at 0.5 mpp and its LongNet slide encoder.
+    # Vicuna-7B v1.5, LoRA r128/alpha256; Prov-GigaPath tiles of 256 px at 0.5 mpp and its LongNet slide encoder.
+    # Learning rates, batch sizes and accumulation are each seed's own: the paper recipes' stages carry them.
     return Config(
         preset="paper",
         synthetic=SyntheticConfig(tile_size=336, tiles_per_class=2000, slide_count=64, slide_size=50000,
@@ -500,8 +497,7 @@ def _paper() -> Config:
         longnet=LongNetConfig(),
         llm=LLMConfig(name="lmsys/vicuna-7b-v1.5", chat_template="vicuna_v1", max_length=2048, lora_r=128,
                       lora_alpha=256, lora_dropout=0.05),
-        train=TrainConfig(batch_size=16, grad_accum=8, lr=2e-4, projector_lr=2e-5, precision="bf16-mixed",
-                          gradient_checkpointing=True, num_workers=8, epochs=1),
+        train=TrainConfig(precision="bf16-mixed", gradient_checkpointing=True, num_workers=8),
         instruct=InstructConfig(model="gpt-4", concurrency=32),
         eval=EvalConfig(batch_size=32, max_new_tokens=512, judge_model="gpt-4"),
     )

@@ -25,9 +25,8 @@ def test_presets_differ_in_scale():
     assert tiny.encoder.name == "tiny" and tiny.llm.name == "tiny"
     assert paper.llm.name == "lmsys/vicuna-7b-v1.5"
     assert paper.encoder.name == "openai/clip-vit-large-patch14-336"
-    # LLaVA-1.5 / Quilt LoRA recipe: r 128, alpha 256, lr 2e-4, projector lr 2e-5
+    # LLaVA-1.5 / Quilt LoRA recipe: r 128, alpha 256 (its learning rates are the paper recipes' stage fields)
     assert (paper.llm.lora_r, paper.llm.lora_alpha) == (128, 256)
-    assert (paper.train.lr, paper.train.projector_lr) == (2e-4, 2e-5)
     # Prov-GigaPath slide encoder settings
     assert paper.longnet.segment_lengths == (1024, 5792, 32768, 185363, 1048576)
     assert paper.longnet.dilation_rates == (1, 2, 4, 8, 16)
@@ -37,8 +36,8 @@ def test_presets_differ_in_scale():
 
 
 def test_bad_value_names_field_and_value():
-    with pytest.raises(ConfigError, match=r"TrainConfig\.lr=-1\.0"):
-        TrainConfig(lr=-1)
+    with pytest.raises(ConfigError, match=r"TrainConfig\.precision='fp8'"):
+        TrainConfig(precision="fp8")
     with pytest.raises(ConfigError, match=r"LongNetConfig\.dim=100.*heads=16"):
         LongNetConfig(dim=100)
     with pytest.raises(ConfigError, match=r"Config\.preset='huge'"):
@@ -46,14 +45,16 @@ def test_bad_value_names_field_and_value():
 
 
 def test_override_and_parse_set():
-    cfg = load_config("tiny", parse_set(["train.lr=1e-4", "llm.lora_r=8", "longnet.dilation_rates=[1, 2]",
+    cfg = load_config("tiny", parse_set(["train.num_workers=2", "llm.lora_r=8", "longnet.dilation_rates=[1, 2]",
                                          "longnet.segment_lengths=[64, 128]"]))
-    assert cfg.train.lr == 1e-4 and cfg.llm.lora_r == 8
+    assert cfg.train.num_workers == 2 and cfg.llm.lora_r == 8
     assert cfg.longnet.dilation_rates == (1, 2) and cfg.longnet.segment_lengths == (64, 128)
     with pytest.raises(ConfigError, match="unknown field 'nope'"):
         Config.from_name("tiny").override({"train.nope": 1})
-    with pytest.raises(ConfigError, match=r"TrainConfig\.lr='fast': not a number"):
-        Config.from_name("tiny").override({"train.lr": "fast"})
+    with pytest.raises(ConfigError, match=r"TrainConfig\.num_workers='many': not an integer"):
+        Config.from_name("tiny").override({"train.num_workers": "many"})
+    with pytest.raises(ConfigError, match=r"EncoderConfig\.image_size='big': not an integer"):
+        Config.from_name("tiny").override({"encoder.image_size": "big"})
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set(["train.lr"])
 
@@ -72,7 +73,7 @@ def test_config_import_does_not_import_torch():
 
 
 def test_cli_config_bad_set_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pathkit.cli", "config", "tiny", "--set", "train.lr=abc"],
+    out = subprocess.run([sys.executable, "-m", "pathkit.cli", "config", "tiny", "--set", "clip.init_temperature=abc"],
                          capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["error: ConfigError: TrainConfig.lr='abc': not a number"]
+    assert out.stderr.strip().splitlines() == ["error: ConfigError: CLIPConfig.init_temperature='abc': not a number"]

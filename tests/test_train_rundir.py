@@ -18,6 +18,6 @@ def test_resume_refuses_a_folder_of_another_recipe_or_config(tmp_path):
     with pytest.raises(PathkitError, match=r"recipe\.yaml: this run folder was made with a different recipe"):
         _claim_run_dir(tmp_path, pa, cfg, resume=True)
     with pytest.raises(PathkitError, match=r"config\.yaml: this run folder was made with a different config"):
-        _claim_run_dir(tmp_path, quilt, cfg.override({"train.lr": 0.5}), resume=True)
+        _claim_run_dir(tmp_path, quilt, cfg.override({"train.num_workers": 2}), resume=True)
     _claim_run_dir(tmp_path, pa, cfg, resume=False)  # retraining takes the folder over
     assert "pa_llava" in (tmp_path / "recipe.yaml").read_text()

@@ -209,11 +209,19 @@ def test_cli_chunks_cursor_narratives(lectures, tmp_path):
     assert r.returncode == 0, r.stderr
     chunks = json.loads((tmp_path / "c.json").read_text())
     assert matched_chunks([(c["start"], c["end"]) for c in chunks], lec.chunks, 0.5) == len(lec.chunks)
-    r = subprocess.run(exe + ["cursor", str(lec.path), "--out", str(tmp_path / "c.jsonl")], capture_output=True,
-                       text=True)
+    r = subprocess.run(exe + ["cursor", str(lec.path), "--out", str(tmp_path / "c.jsonl"), "--detector", "template"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = read_jsonl(tmp_path / "c.jsonl")
-    assert set(rows[0]) >= {"t", "x", "y", "score"} and len(rows) == sum(c is not None for c in lec.cursor)
+    visible = sum(c is not None for c in lec.cursor)
+    assert set(rows[0]) >= {"t", "x", "y", "score"} and len(rows) == visible
+    r = subprocess.run(exe + ["cursor", str(lec.path), "--out", str(tmp_path / "n.jsonl")], capture_output=True,
+                       text=True)  # the default: the learned detector
+    assert r.returncode == 0, r.stderr
+    rows = read_jsonl(tmp_path / "n.jsonl")
+    hits = sum(1 for row in rows if (c := lec.cursor[int(round(row["t"] * lec.fps))]) is not None
+               and np.hypot(row["x"] - c[0], row["y"] - c[1]) <= 8)
+    assert hits >= 0.9 * visible and len(rows) <= visible + 2, (hits, len(rows), visible)
     r = subprocess.run(exe + ["narratives", str(lec.path), "--transcript", str(lec.transcript), "--out",
                               str(tmp_path / "nar")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

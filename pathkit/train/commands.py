@@ -41,7 +41,8 @@ def train_command(
                                           "write the bad ones to OUT/bad_records.jsonl (default: stop)"),
     stages: bool = typer.Option(False, "--stages", help="list each stage's name, kind and data view, and exit"),
     set_: list[str] = typer.Option(None, "--set", help="override: a Config field (train.strategy=ddp, "
-                                   "llm.lora_r=8) or a stage field (<stage>.lr=1e-4, *.epochs=1)"),
+                                   "llm.lora_r=8) or a stage field (<stage>.lr=1e-4, <stage>.grad_accum=4, "
+                                   "*.epochs=1); a key that nothing reads is an error"),
     data_seed: int = typer.Option(None, "--data-seed", help="which synthetic data set (synthetic.seed); the "
                                   "training seed is --set seed=N"),
     out: Path = typer.Option(None, "--out", help="output folder: stages, checkpoints, logs, summary.json"),

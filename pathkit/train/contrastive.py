@@ -39,7 +39,7 @@ from pathkit.io import PathkitError, write_json, write_jsonl
 from pathkit.models.clip import PathologyCLIP, build_clip, retrieval_metrics
 from pathkit.train.checkpointing import LastCheckpoint
 from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader, coords_or_grid
-from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
+from pathkit.train.schedule import cosine_with_warmup, optimizer_steps, warmup_steps_for
 
 # ------------------------------------------------------------------------------------------------------- data
 
@@ -401,19 +401,37 @@ def _run_key(cfg, **settings: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def clip_trainer(cfg, out_dir: str | Path, *, epochs: int, max_steps: int = -1, grad_accum: int = 1,
+                 grad_clip: float = 1.0, checkpoint_every: int = 20, stop_after_steps: int | None = None,
+                 progress: bool = False) -> L.Trainer:
+    """The Lightning Trainer of :func:`train_clip`: one device, ``grad_accum`` batches per optimiser step,
+    gradient norm clipped at ``grad_clip`` (0 = off), ``last.ckpt`` under ``out_dir/checkpoints``."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    ckpt = Path(out_dir) / "checkpoints" / "last.ckpt"
+    return L.Trainer(max_epochs=epochs, max_steps=max_steps, accelerator=t.accelerator, devices=1,
+                     precision=t.precision if torch.cuda.is_available() else "32-true",
+                     accumulate_grad_batches=grad_accum, gradient_clip_val=grad_clip or None,
+                     logger=CSVLogger(out_dir, name="logs"),
+                     callbacks=[ConsumedBatches(), LastCheckpoint(ckpt, checkpoint_every, stop_after_steps)],
+                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                     log_every_n_steps=1, num_sanity_val_steps=0, use_distributed_sampler=False)
+
+
 def train_clip(cfg, out_dir: str | Path, pairs: list[dict[str, Any]], *, source: str = "tiles",
-               heldout_pairs: list[dict[str, Any]] | None = None,
-               vision: str | None = None, epochs: int | None = None, batch_size: int | None = None,
-               lr: float | None = None, weight_decay: float = 0.1, warmup_ratio: float = 0.1,
-               max_steps: int = -1, itm_weight: float | None = None, freeze: Sequence[str] = (),
-               seed: int | None = None, progress: bool = False, evaluate: bool = True,
-               num_threads: int | None = None, resume: bool = False, checkpoint_every: int = 20,
-               stop_after_steps: int | None = None) -> dict[str, Any]:
+               heldout_pairs: list[dict[str, Any]] | None = None, vision: str | None = None, epochs: int = 1, batch_size: int = 16, lr: float = 1e-3,
+               weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), warmup_ratio: float = 0.1,
+               min_lr: float = 0.0, grad_accum: int = 1, grad_clip: float = 1.0, max_steps: int = -1,
+               itm_weight: float | None = None, freeze: Sequence[str] = (), seed: int | None = None,
+               progress: bool = False, evaluate: bool = True, num_threads: int | None = None,
+               resume: bool = False, checkpoint_every: int = 20, stop_after_steps: int | None = None
+               ) -> dict[str, Any]:
     """Train a PathologyCLIP and save it to ``out_dir/model``; returns the summary written to ``metrics.json``.
 
     Args:
         cfg: a :class:`pathkit.config.Config` (towers: ``cfg.encoder`` / ``cfg.longnet``, ``cfg.text_encoder``;
-            heads: ``cfg.clip``; trainer: ``cfg.train`` accelerator/precision/grad_clip).
+            heads: ``cfg.clip``; trainer: ``cfg.train`` accelerator/precision).
         out_dir: output folder (``model/``, ``losses.jsonl``, ``logs/``, ``checkpoints/last.ckpt``,
             ``metrics.json``).
         pairs: LLaVA records in their ``pairs`` view (``image`` an absolute image or slide feature path, the first
@@ -422,7 +440,9 @@ def train_clip(cfg, out_dir: str | Path, pairs: list[dict[str, Any]], *, source:
         source: ``tiles`` (image-caption pairs) or ``slides`` (slide features + reports).
         heldout_pairs: where retrieval and zero-shot are measured (default: ``pairs``).
         vision: image tower: ``image`` (default for tiles), ``longnet`` (default for slides) or ``mean``.
-        epochs, batch_size, lr: default ``cfg.train``'s.
+        epochs, batch_size, lr, weight_decay, betas, warmup_ratio, min_lr, grad_accum, grad_clip: the optimiser
+            settings, as a recipe's contrastive :class:`~pathkit.train.recipes.Stage` carries them
+            (:func:`pathkit.train.contrastive_stage.clip_settings` reads them off a stage).
         max_steps: > 0 caps optimiser steps. itm_weight: default ``cfg.clip.itm_weight``.
         freeze: towers to keep frozen (``image``, ``text``).
         seed: default ``cfg.seed``. progress: show Lightning's progress bar.
@@ -441,10 +461,10 @@ def train_clip(cfg, out_dir: str | Path, pairs: list[dict[str, Any]], *, source:
         torch.set_num_threads(num_threads)
         try:
             return train_clip(cfg, out_dir, pairs, source=source, heldout_pairs=heldout_pairs, vision=vision,
-                              epochs=epochs,
-                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                              max_steps=max_steps, itm_weight=itm_weight, freeze=freeze, seed=seed,
-                              progress=progress, evaluate=evaluate, resume=resume,
+                              epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
+                              warmup_ratio=warmup_ratio, min_lr=min_lr, grad_accum=grad_accum,
+                              grad_clip=grad_clip, max_steps=max_steps, itm_weight=itm_weight, freeze=freeze,
+                              seed=seed, progress=progress, evaluate=evaluate, resume=resume,
                               checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps)
         finally:
             torch.set_num_threads(before_threads)
@@ -454,17 +474,16 @@ def train_clip(cfg, out_dir: str | Path, pairs: list[dict[str, Any]], *, source:
     vision = vision or ("image" if source == "tiles" else "longnet")
     model = build_clip(cfg, vision=vision)
     train_set, held_set, collate, prompts = pairs_data(source, pairs, model.preprocess, heldout_pairs)
-    t = cfg.train
-    epochs = epochs or t.epochs
-    batch_size = batch_size or t.batch_size
     itm_weight = cfg.clip.itm_weight if itm_weight is None else itm_weight
-    lr = lr or t.lr
+    betas = (float(betas[0]), float(betas[1]))
     dm = PairDataModule(train_set, batch_size, collate, seed=seed, num_workers=0)
-    total = dm.batches_per_epoch() * epochs if max_steps <= 0 else max_steps
-    module = ContrastiveModule(model, total_steps=total, lr=lr, weight_decay=weight_decay,
-                               warmup_ratio=warmup_ratio, itm_weight=itm_weight, freeze=freeze)
+    total = optimizer_steps(dm.batches_per_epoch(), epochs, grad_accum, max_steps)
+    module = ContrastiveModule(model, total_steps=total, lr=lr, weight_decay=weight_decay, betas=betas,
+                               warmup_ratio=warmup_ratio, min_lr_ratio=min_lr / lr, itm_weight=itm_weight,
+                               freeze=freeze)
     module.run_key = _run_key(cfg, source=source, vision=vision, epochs=epochs, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_steps=max_steps,
+                              weight_decay=weight_decay, betas=betas, warmup_ratio=warmup_ratio, min_lr=min_lr,
+                              grad_accum=grad_accum, grad_clip=grad_clip, max_steps=max_steps,
                               itm_weight=itm_weight, freeze=sorted(freeze), seed=seed, n=len(train_set))
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -472,14 +491,9 @@ def train_clip(cfg, out_dir: str | Path, pairs: list[dict[str, Any]], *, source:
         ckpt.unlink(missing_ok=True)  # a stale checkpoint must never be resumed into a fresh run
     resume_from = ckpt if ckpt.exists() else None
     before = evaluate_clip(model, held_set, collate, prompts) if evaluate else {}
-    from lightning.pytorch.loggers import CSVLogger
-
-    trainer = L.Trainer(max_epochs=epochs, max_steps=max_steps, accelerator=t.accelerator, devices=1,
-                        precision=t.precision if torch.cuda.is_available() else "32-true",
-                        gradient_clip_val=t.grad_clip or None, logger=CSVLogger(out_dir, name="logs"),
-                        callbacks=[ConsumedBatches(), LastCheckpoint(ckpt, checkpoint_every, stop_after_steps)],
-                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        log_every_n_steps=1, num_sanity_val_steps=0, use_distributed_sampler=False)
+    trainer = clip_trainer(cfg, out_dir, epochs=epochs, max_steps=max_steps, grad_accum=grad_accum,
+                           grad_clip=grad_clip, checkpoint_every=checkpoint_every,
+                           stop_after_steps=stop_after_steps, progress=progress)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - start

@@ -1,5 +1,5 @@
 """A recipe's contrastive stage (PA-LLaVA's pathology CLIP, WSI-LLaVA's WSI-text alignment) run through
-:func:`pathkit.train.contrastive.train_clip`, with the stage's data, learning rate, epochs and freeze policy.
+:func:`pathkit.train.contrastive.train_clip`, with the stage's data, optimiser settings, epochs and freeze policy.
 
 Output: ``stage_dir/model`` (``PathologyCLIP.save_pretrained``: ``image_encoder/`` that ``load_encoder`` reads, or
 ``slide_encoder.pt`` for slides), which later VLM stages load through their ``init_from``; ``stage_dir/metrics.json``
@@ -15,6 +15,14 @@ from typing import Any
 
 from pathkit.io import read_jsonl, write_json
 from pathkit.train.recipes import Recipe, Stage
+
+
+def clip_settings(stage: Stage) -> dict[str, Any]:
+    """The stage's optimiser settings as :func:`~pathkit.train.contrastive.train_clip` takes them."""
+    return {"epochs": stage.epochs, "batch_size": stage.batch_size, "lr": stage.lr,
+            "weight_decay": stage.weight_decay, "betas": tuple(stage.betas), "warmup_ratio": stage.warmup_ratio,
+            "min_lr": stage.min_lr, "grad_accum": stage.grad_accum, "grad_clip": stage.grad_clip,
+            "max_steps": stage.max_steps}
 
 
 def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, records: list[dict[str, Any]], stage_dir: Path,
@@ -37,11 +45,8 @@ def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, records: list[dict[
     if stage.max_length:
         cfg = cfg.override({"text_encoder.max_length": stage.max_length})
     metrics = train_clip(cfg, stage_dir, records, source=source, heldout_pairs=heldout, vision=vision,
-                         epochs=stage.epochs,
-                         batch_size=stage.batch_size, lr=stage.lr, weight_decay=stage.weight_decay,
-                         warmup_ratio=stage.warmup_ratio, max_steps=stage.max_steps, freeze=freeze,
-                         seed=cfg.seed, progress=progress, resume=resume, checkpoint_every=checkpoint_every,
-                         stop_after_steps=stop_after_steps)
+                         **clip_settings(stage), freeze=freeze, seed=cfg.seed, progress=progress, resume=resume,
+                         checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps)
     if metrics.get("interrupted"):
         return None
     losses = read_jsonl(stage_dir / "losses.jsonl") if (stage_dir / "losses.jsonl").exists() else []

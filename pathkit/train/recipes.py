@@ -25,13 +25,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pathkit.config import ConfigError, check_known_fields, dump_yaml
+from pathkit.config import Config, ConfigError, check_known_fields, dump_yaml
 
 KINDS = ("contrastive", "vlm")
 PARTS = ("vision", "connector", "llm", "lora", "slide_encoder", "text")
 SOURCES = ("tiles", "slides")
 FORMATS = ("captions", "describe", "instruct", "pairs")
 PRESETS = ("tiny", "gpu", "paper")
+# The towers a contrastive stage can train, by data source (the image tower on tiles, LongNet on slides).
+CONTRASTIVE_PARTS = {"tiles": ("vision", "text"), "slides": ("slide_encoder", "text")}
 
 
 @dataclass
@@ -71,7 +73,15 @@ class DataSpec:
 
 @dataclass
 class Stage:
-    """One training stage. ``trainable`` is the freeze policy: parts not named (or False) are frozen."""
+    """One training stage. ``trainable`` is the freeze policy: parts not named (or False) are frozen.
+
+    The stage is the one source of its optimiser settings: AdamW(``lr``, ``betas``, ``weight_decay`` on
+    matrices only), the projector at ``projector_lr``, linear warm-up over ``warmup_ratio`` of the optimiser
+    steps then cosine to ``min_lr``, ``batch_size`` per device times ``grad_accum`` (Lightning's
+    ``accumulate_grad_batches``) per step, gradient norm clipped at ``grad_clip``. Every field is read by the
+    stage's kind; a field that kind never reads must keep its default (a ConfigError says so), so an override
+    cannot silently change nothing.
+    """
 
     name: str
     kind: str = "vlm"
@@ -79,17 +89,17 @@ class Stage:
     trainable: dict[str, bool] = field(default_factory=lambda: {"connector": True})
     init_from: dict[str, str] = field(default_factory=dict)  # part -> earlier stage whose output it loads
     lr: float = 1e-3
-    projector_lr: float | None = None  # None = lr (LLaVA's --mm_projector_lr)
-    min_lr: float = 0.0  # cosine floor
+    projector_lr: float | None = None  # None = lr (LLaVA's --mm_projector_lr); VLM stages only
+    min_lr: float = 0.0  # cosine floor of ``lr`` (every group ends at its base lr x min_lr / lr)
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW; HF Trainer's default, as LLaVA and PA-LLaVA use
     warmup_ratio: float = 0.03
     epochs: int = 1
     max_steps: int = -1  # > 0 caps the optimiser steps (and sets the schedule length)
     batch_size: int = 16  # per device
     grad_accum: int = 1
-    grad_clip: float = 1.0
-    max_length: int | None = None  # None = cfg.llm.max_length
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    max_length: int | None = None  # None = cfg.llm.max_length (contrastive: cfg.text_encoder.max_length)
     # > 0: hold out this fraction of the stage's training images (by image, deterministic) and keep the weights of
     # the epoch with the lowest validation loss, as a user selects a checkpoint, instead of the last step's
     val_fraction: float = 0.0
@@ -122,6 +132,37 @@ class Stage:
         _need(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "must be >= 1")
         _need(self.grad_accum >= 1, f"{where}.grad_accum", self.grad_accum, "must be >= 1")
         _need(0 <= self.val_fraction < 0.5, f"{where}.val_fraction", self.val_fraction, "must be in [0, 0.5)")
+        _need(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "must be >= 0")
+        _need(self.grad_clip >= 0, f"{where}.grad_clip", self.grad_clip, "must be >= 0 (0 = no clipping)")
+        _need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas", self.betas,
+              "must be two numbers in [0, 1)")
+        self._check_read_by_kind(where)
+
+    def _check_read_by_kind(self, where: str) -> None:
+        """Refuse settings that this kind of stage never reads (an override of them would change nothing)."""
+        unread = "{} stages never read it: {}"
+        if self.kind == "contrastive":
+            towers = CONTRASTIVE_PARTS.get(self.data.source, ("vision", "slide_encoder", "text"))
+            extra = sorted(p for p in self.trainable_parts if p not in towers)
+            _need(not extra, f"{where}.trainable", self.trainable,
+                  unread.format("contrastive", f"{extra}; on {self.data.source} they train {towers}"))
+            _need(self.projector_lr is None, f"{where}.projector_lr", self.projector_lr,
+                  unread.format("contrastive", "they have no projector; set lr"))
+            _need(not self.init_from, f"{where}.init_from", self.init_from,
+                  unread.format("contrastive", "their towers start from the Config's encoders"))
+            _need(self.val_fraction == 0, f"{where}.val_fraction", self.val_fraction,
+                  unread.format("contrastive", "they report held-out retrieval instead"))
+            defaults = DataSpec(source=self.data.source, format="pairs")
+            for name in ("format", "split", "template", "max_samples", "extra_closed"):
+                _need(getattr(self.data, name) == getattr(defaults, name), f"{where}.data.{name}",
+                      getattr(self.data, name),
+                      unread.format("contrastive", f"they train on every {self.data.source} pair "
+                                    f"(keep {getattr(defaults, name)!r})"))
+        else:
+            _need(not self.trainable.get("text"), f"{where}.trainable.text", True,
+                  unread.format("vlm", "the text tower belongs to contrastive stages"))
+            _need(self.projector_lr is None or bool(self.trainable.get("connector")), f"{where}.projector_lr",
+                  self.projector_lr, unread.format("vlm", "when the connector does not train"))
 
     @property
     def trainable_parts(self) -> tuple[str, ...]:
@@ -161,6 +202,48 @@ class Recipe:
             for part, source in stage.init_from.items():
                 _need(source in names[:i], f"Stage[{stage.name}].init_from.{part}", source,
                       f"must name an earlier stage of {names[:i]}")
+        self._check_vlm_parts()
+        self.check_config_keys(self.config, f"Recipe[{self.name}].config")
+        for stage in self.stages:
+            self.check_config_keys(stage.config, f"Stage[{stage.name}].config")
+
+    def unread_config_sections(self) -> tuple[str, ...]:
+        """Config sections that training this recipe never reads (videos and instruction generation always;
+        the slide encoder for image recipes; the CLIP towers without a contrastive stage)."""
+        unread = ["video", "instruct"]
+        if self.vision == "image":
+            unread += ["wsi", "longnet"]
+        if not any(s.kind == "contrastive" for s in self.stages):
+            unread += ["clip", "text_encoder"]
+        return tuple(unread)
+
+    def check_config_keys(self, changes: dict[str, Any], where: str = "override") -> None:
+        """Raise a ConfigError naming the first Config key in ``changes`` that is unknown or that this recipe
+        never reads (so ``--set longnet.depth=4`` on an image recipe is an error, not a silent no-op)."""
+        known = _config_fields()
+        unread = self.unread_config_sections()
+        for key in changes:
+            section, _, name = key.partition(".")
+            if section not in known or (name == "") != (known[section] is None) or (
+                    name and name not in known[section]):
+                raise ConfigError(f"{where}: {key!r} is not a Config field")
+            if section in unread:
+                raise ConfigError(f"{where}: {key!r} changes nothing: recipe {self.name} never reads "
+                                  f"Config.{section}")
+
+    def _check_vlm_parts(self) -> None:
+        """Refuse VLM-stage parts the model of this recipe does not have (training them would change nothing)."""
+        tower = "vision" if self.vision == "image" else "slide_encoder"
+        absent = "slide_encoder" if self.vision == "image" else "vision"
+        vlm = [s for s in self.stages if s.kind == "vlm"]
+        for k, stage in enumerate(vlm):
+            _need(not stage.trainable.get(absent), f"Stage[{stage.name}].trainable.{absent}", True,
+                  f"a {self.vision} recipe's model has no {absent}")
+            # build_vlm reads init_from once, for the first VLM stage; later stages continue the previous model.
+            for part, source in stage.init_from.items():
+                _need(k == 0 and part == tower and self.stage(source).kind == "contrastive",
+                      f"Stage[{stage.name}].init_from.{part}", source,
+                      f"never read: only the first VLM stage loads its {tower}, from a contrastive stage")
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -169,7 +252,8 @@ class Recipe:
         raise ConfigError(f"Recipe[{self.name}]: no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per stage (what trains, on what, how fast): for notebooks and reports."""
+        """One row per stage (what trains, on what, how fast; ``batch`` is per device x accumulation): for
+        notebooks and reports."""
         rows = []
         absent = {"text", "slide_encoder" if self.vision == "image" else "vision"}
         for s in self.stages:
@@ -179,7 +263,9 @@ class Recipe:
                          "frozen": ", ".join(p for p in PARTS if not s.trainable.get(p) and p not in absent),
                          "init_from": ", ".join(f"{k}<-{v}" for k, v in s.init_from.items()) or "-",
                          "lr": s.lr, "projector_lr": s.projector_lr or s.lr, "epochs": s.epochs,
-                         "batch": f"{s.batch_size}x{s.grad_accum}"})
+                         "batch": f"{s.batch_size}x{s.grad_accum}",
+                         "schedule": f"warm-up {s.warmup_ratio:.0%}, cosine to {s.min_lr:g}",
+                         "weight_decay": s.weight_decay})
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,6 +314,20 @@ class Recipe:
         return Recipe.from_dict(data)
 
 
+_CONFIG_FIELDS: dict[str, set[str] | None] = {}
+
+
+def _config_fields() -> dict[str, set[str] | None]:
+    """Config's sections and their field names (None for a top-level scalar such as ``seed``)."""
+    if not _CONFIG_FIELDS:
+        cfg = Config()
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            _CONFIG_FIELDS[f.name] = {g.name for g in fields(value)} if hasattr(value, "__dataclass_fields__") \
+                else None
+    return _CONFIG_FIELDS
+
+
 def _need(cond: bool, where: str, value: Any, why: str) -> None:
     if not cond:
         raise ConfigError(f"{where}={value!r}: {why}")
@@ -246,6 +346,8 @@ TINY_LORA = {"llm.name": "tiny-pretrained", "llm.lora_r": 16, "llm.lora_alpha": 
              "llm.lora_targets": TINY_LORA_TARGETS}
 PROJECTOR_LORA = {"connector": True, "lora": True}
 PROJECTOR_LLM = {"connector": True, "llm": True}
+# Contrastive stages: AdamW betas of CLIP training (beta2 0.98, as OpenCLIP's ViT recipes), not HF's 0.999.
+CLIP_BETAS = (0.9, 0.98)
 
 
 def _by_preset(preset: str, tiny: Any, gpu: Any, paper: Any) -> Any:
@@ -267,14 +369,15 @@ def quilt_llava(preset: str) -> Recipe:
         trainable=PROJECTOR,
         lr=_by_preset(p, 3e-3, 1e-3, 1e-3), epochs=_by_preset(p, 2, 1, 1),
         batch_size=_by_preset(p, 16, 32, 32), grad_accum=1,
-        notes="pretrain.sh: batch 32/GPU, global 256 (8 GPUs), lr 1e-3, cosine, warmup 0.03, wd 0, 1 epoch")
+        notes="scripts/v1_5/pretrain.sh: batch 32/GPU, --gradient_accumulation_steps 1, global 256 (8 GPUs), "
+              "lr 1e-3, cosine, warmup 0.03, wd 0, 1 epoch")
     instruct = Stage(
         name="instruct", data=DataSpec(source="tiles", format="instruct"),
         trainable=PROJECTOR_LLM,
         lr=_by_preset(p, 5e-3, 2e-5, 2e-5), epochs=_by_preset(p, 40, 3, 1),
         batch_size=_by_preset(p, 16, 16, 16), grad_accum=1,
-        notes="finetune.sh: batch 16/GPU, global 128 (4 A100 x 2 accumulation in LLaVA), lr 2e-5, 1 epoch; "
-              "the released weights suggest 3 epochs (issue #13)")
+        notes="scripts/v1_5/finetune.sh: batch 16/GPU, --gradient_accumulation_steps 1, lr 2e-5, cosine, "
+              "warmup 0.03, wd 0, 1 epoch; the released weights suggest 3 epochs (issue #13)")
     return Recipe(name="quilt_llava", vision="image", stages=(align, instruct), config=config,
                   notes="Quilt-LLaVA: LLaVA-1.5 recipe on Quilt captions then Quilt-Instruct")
 
@@ -295,7 +398,7 @@ def pa_llava(preset: str) -> Recipe:
         name="clip", kind="contrastive", data=DataSpec(source="tiles", format="pairs"),
         trainable={"vision": True, "text": True},
         lr=_by_preset(p, 1e-3, 1e-4, 1e-5), epochs=_by_preset(p, 20, 10, 10), weight_decay=0.1,
-        warmup_ratio=0.1, batch_size=_by_preset(p, 32, 256, 256),
+        betas=CLIP_BETAS, warmup_ratio=0.1, batch_size=_by_preset(p, 32, 256, 256),
         notes="PA-LLaVA's own PLIP (CLIP ViT-B/16 at 224) on PCaption-0.5M; its training settings are not in "
               "the code [unverified]: CLIP fine-tuning defaults")
     align = Stage(
@@ -338,7 +441,7 @@ def wsi_llava(preset: str) -> Recipe:
         name="wsi_text", kind="contrastive", data=DataSpec(source="slides", format="pairs"),
         trainable={"slide_encoder": True, "text": True},
         lr=_by_preset(p, 1e-3, 1e-4, 1e-4), epochs=_by_preset(p, 20, 20, 10), weight_decay=0.05,
-        warmup_ratio=0.1, batch_size=_by_preset(p, 8, 32, 32),
+        betas=CLIP_BETAS, warmup_ratio=0.1, batch_size=_by_preset(p, 8, 32, 32),
         notes="WSI-text alignment of the LongNet slide encoder against reports; details not in the code "
               "[unverified]")
     align = Stage(

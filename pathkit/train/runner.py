@@ -23,7 +23,6 @@ earlier run). A stage whose ``model/`` exists is skipped on restart; a stage wit
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -50,6 +49,7 @@ from pathkit.train.data import (
 )
 from pathkit.train.recipes import Recipe, Stage
 from pathkit.train.records import heldout_records, read_stage_files, stage_files, stage_records
+from pathkit.train.schedule import optimizer_steps
 from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
 from pathkit.train.vlm_module import VLMModule, count_trainable
 
@@ -171,9 +171,8 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: lis
     datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
                                seed=cfg.seed, num_workers=cfg.train.num_workers, val_dataset=val_dataset)
     best = BestWeights() if val_dataset is not None else None
-    world = _world_size(cfg)
-    steps_per_epoch = math.ceil(datamodule.batches_per_epoch(world) / stage.grad_accum)
-    total_steps = stage.max_steps if stage.max_steps > 0 else steps_per_epoch * stage.epochs
+    total_steps = optimizer_steps(datamodule.batches_per_epoch(_world_size(cfg)), stage.epochs, stage.grad_accum,
+                                  stage.max_steps)
     module = VLMModule(model, stage, total_steps, loss_log=stage_dir / "losses.jsonl",
                        gradient_checkpointing=cfg.train.gradient_checkpointing)
     trainer = make_trainer(cfg, stage, stage_dir, total_steps, checkpoint_every, stop_after_steps, progress,

@@ -26,3 +26,11 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_ratio
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def optimizer_steps(batches_per_epoch: int, epochs: int, grad_accum: int = 1, max_steps: int = -1) -> int:
+    """Optimiser steps of a stage (the schedule's length): ``max_steps`` when > 0, else ``epochs`` times
+    ``ceil(batches / grad_accum)``: Lightning also steps on an epoch's last, partial accumulation."""
+    if max_steps > 0:
+        return max_steps
+    return int(math.ceil(batches_per_epoch / grad_accum)) * epochs

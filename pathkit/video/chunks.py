@@ -47,9 +47,14 @@ class ChunkDetection:
 
 
 def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold: float = 12.0,
-                             blob_fraction: float = 0.02) -> float:
+                             blob_fraction: float = 0.02, max_blob_extent: float = 0.2) -> float:
     """Mean absolute grey difference of two frames over pixels that changed by more than ``pixel_threshold``,
-    after masking small changed blobs (the pointer)."""
+    after masking small, compact changed blobs (the pointer).
+
+    A blob is the pointer's when it covers less than ``blob_fraction`` of the frame and its bounding box's
+    longer side is at most ``max_blob_extent`` of the frame's width: a new line of text in a slide build is
+    as small but long, and counts. Changes a few pixels apart (the letters of a line) are one blob.
+    """
     import cv2
 
     diff = cv2.absdiff(prev, cur)
@@ -61,12 +66,21 @@ def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold:
     n_changed = cv2.countNonZero(diff)
     if n_changed > 0.5 * diff.size:  # a cut or pan: masking moot
         return float(diff.sum(dtype=np.float64)) / diff.size
-    if n_changed < blob_fraction * diff.size:  # so is every changed blob: all masked (the usual case)
+    if n_changed == 0:
         return 0.0
+    W = diff.shape[1]
+    changed = (diff > 0).view(np.uint8)
+    bx, by, bw, bh = cv2.boundingRect(changed)
+    # (+4: the extents below are of the blobs grown by the 5 x 5 joining)
+    if n_changed < blob_fraction * diff.size and max(bw, bh) + 4 <= max_blob_extent * W:
+        return 0.0  # one small compact change (the usual case: the pointer moved a little)
     total = float(diff.sum(dtype=np.float64))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((diff > 0).view(np.uint8), connectivity=8)
+    joined = cv2.dilate(changed, np.ones((5, 5), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     if n > 1:
-        small = stats[1:, cv2.CC_STAT_AREA] < blob_fraction * diff.size
+        area = np.bincount(labels.ravel(), weights=changed.ravel().astype(np.float64), minlength=n)[1:]
+        extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+        small = (area < blob_fraction * diff.size) & (extent <= max_blob_extent * W)
         if small.any():
             per_label = np.bincount(labels.ravel(), weights=diff.ravel(), minlength=n)
             total -= float(per_label[1:][small].sum())
@@ -75,12 +89,15 @@ def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold:
 
 class DifferenceSignal:
     """Streaming version of :func:`difference_signal`: ``push(frame)`` returns that frame's value, so
-    a long video never has to sit in memory."""
+    a long video never has to sit in memory. It keeps a half-size copy of each analysis frame (80 x 45 at the
+    default width: ~60 MB per hour at 5 frames/s) and whether it is blank, for :mod:`pathkit.video.chunk_refine`."""
 
-    def __init__(self, pixel_threshold: float = 12.0, blob_fraction: float = 0.02):
-        self.pixel_threshold, self.blob_fraction = pixel_threshold, blob_fraction
+    def __init__(self, pixel_threshold: float = 12.0, blob_fraction: float = 0.02, blank_std: float = 8.0):
+        self.pixel_threshold, self.blob_fraction, self.blank_std = pixel_threshold, blob_fraction, blank_std
         self._prev: np.ndarray | None = None
         self.values: list[float] = []
+        self.small: list[np.ndarray] = []
+        self.blank: list[bool] = []
 
     def push(self, frame: np.ndarray) -> float:
         import cv2
@@ -90,15 +107,24 @@ class DifferenceSignal:
                                                                         self.blob_fraction)
         self._prev = cur
         self.values.append(value)
+        h, w = cur.shape[:2]
+        self.small.append(cv2.resize(cur, (max(8, w // 2), max(8, h // 2)), interpolation=cv2.INTER_AREA))
+        # blank: nearly every pixel at the frame's median grey (a pointer on a black screen is still blank)
+        med = float(np.median(cur))
+        self.blank.append(float(np.mean(np.abs(cur.astype(np.float32) - med) <= self.blank_std)) >= 0.97)
         return value
 
 
 def difference_signal(frames, pixel_threshold: float = 12.0, blob_fraction: float = 0.02) -> np.ndarray:
     """(T,) cursor-masked difference of each frame to the previous one; 0 for the first frame."""
+    return np.array(_pushed(frames, pixel_threshold, blob_fraction).values, np.float64)
+
+
+def _pushed(frames, pixel_threshold: float, blob_fraction: float) -> DifferenceSignal:
     sig = DifferenceSignal(pixel_threshold, blob_fraction)
     for f in frames:
         sig.push(f)
-    return np.array(sig.values, np.float64)
+    return sig
 
 
 def adaptive_threshold(signal: np.ndarray, k: float = 6.0, min_delta: float = 1.0) -> float:
@@ -132,16 +158,21 @@ def chunks_from_signal(times: np.ndarray, signal: np.ndarray, threshold: float, 
 def stable_chunks(path: str | Path | None = None, cfg: VideoConfig | None = None, *,
                   times: np.ndarray | None = None, frames=None, signal: np.ndarray | None = None,
                   duration: float | None = None, pixel_threshold: float = 12.0, blob_fraction: float = 0.02,
-                  min_delta: float = 1.0, progress: bool = False) -> ChunkDetection:
+                  min_delta: float = 1.0, progress: bool = False, stream: DifferenceSignal | None = None,
+                  refine: bool = True) -> ChunkDetection:
     """Detect stable chunks of a video file (or of already decoded small grey ``frames`` at ``times``, or
-    of an already computed difference ``signal`` at ``times``).
+    of an already computed difference ``signal`` at ``times``, or of a filled ``stream`` at ``times``).
 
+    With ``refine`` (and frames to look at), :func:`pathkit.video.chunk_refine.refine_chunks` masks a webcam
+    box, splits slow crossfades and pans and drops blank spans.
     Returns a :class:`ChunkDetection` whose ``chunks`` are ``[start, end]`` seconds.
     """
     from pathkit.video.decode import iter_frames, probe
 
     cfg = cfg or VideoConfig()
-    if frames is None and signal is None:  # stream: decode, downscale and difference one frame at a time
+    if stream is not None:
+        signal = np.array(stream.values, np.float64)
+    elif frames is None and signal is None:  # stream: decode, downscale and difference one frame at a time
         info = probe(path)
         stream = DifferenceSignal(pixel_threshold, blob_fraction)
         times_list = []
@@ -157,9 +188,17 @@ def stable_chunks(path: str | Path | None = None, cfg: VideoConfig | None = None
         times, signal = np.array(times_list), np.array(stream.values, np.float64)
         duration = duration or (info.n_frames / info.fps)
     elif signal is None:
-        signal = difference_signal(frames, pixel_threshold, blob_fraction)
+        stream = _pushed(frames, pixel_threshold, blob_fraction)
+        signal = np.array(stream.values, np.float64)
     times = np.asarray(times, np.float64)
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / cfg.analysis_fps
+    if refine and stream is not None and len(stream.small) == len(times) > 1:
+        from pathkit.video.chunk_refine import refine_chunks
+
+        chunks, signal, thr, extras = refine_chunks(
+            times, signal, stream.small, stream.blank, lambda s: adaptive_threshold(s, cfg.mad_k, min_delta), step,
+            cfg.min_chunk_seconds, duration, pixel_threshold, blob_fraction)
+        return ChunkDetection(chunks, times, signal, thr, step, extras)
     thr = adaptive_threshold(signal, cfg.mad_k, min_delta)
     chunks = chunks_from_signal(times, signal, thr, step, cfg.min_chunk_seconds, duration)
     return ChunkDetection(chunks, times, signal, thr, step)

@@ -38,12 +38,19 @@ def cursor_cmd(
     video: Path = typer.Argument(..., help="video file"),
     out: Path = typer.Option(..., "--out", help="output JSONL: {'t', 'x', 'y', 'score'} per frame with a pointer"),
     fps: float = typer.Option(0.0, help="analysis rate (frames/s); 0 = every frame"),
+    detector: str = typer.Option("net", help="net: learned detector, any cursor theme; template: the white "
+                                              "arrow / hand pixel art only (the earlier detector)"),
 ) -> None:
-    """Detect and track the mouse pointer; x, y is its hotspot (arrow tip) in frame pixels."""
+    """Detect and track the mouse pointer; x, y is its hotspot (arrow tip, fingertip) in frame pixels."""
     from pathkit.io import write_jsonl
-    from pathkit.video.cursor import track_cursor
 
-    rows = track_cursor(video, fps=fps or None, progress=True)
+    if detector == "net":
+        from pathkit.video.pointer_tracker import track_pointer as track
+    elif detector == "template":
+        from pathkit.video.cursor import track_cursor as track
+    else:
+        raise PathkitError(f"--detector {detector!r}: must be 'net' or 'template'")
+    rows = track(video, fps=fps or None, progress=True)
     write_jsonl(out, rows)
     typer.echo(f"pointer in {len(rows)} frames -> {out}")
 

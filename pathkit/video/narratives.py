@@ -48,12 +48,18 @@ def analyse_video(video: str | Path, cfg: VideoConfig, progress: bool = False):
     from pathkit.video.decode import iter_frames, probe
 
     info = probe(video)
-    tracker = CursorTracker(build_templates(info.height))
+    net = cfg.cursor_detector == "net"
+    if net:
+        from pathkit.video.pointer_tracker import PointerTracker
+
+        tracker = PointerTracker()
+    else:
+        tracker = CursorTracker(build_templates(info.height))
     aw = min(cfg.analysis_width, info.width)
     ah = max(2, int(round(info.height * aw / info.width)))
     times, rows = [], []
     signal = DifferenceSignal()
-    frames = iter_frames(video, fps=cfg.analysis_fps, grey=True)
+    frames = iter_frames(video, fps=cfg.analysis_fps, grey=not net)
     if progress:
         from tqdm import tqdm
 
@@ -61,12 +67,14 @@ def analyse_video(video: str | Path, cfg: VideoConfig, progress: bool = False):
                       unit="frame", leave=False)
     for f in frames:
         times.append(f.t)
-        signal.push(cv2.resize(f.image, (aw, ah), interpolation=cv2.INTER_AREA))
+        grey = cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) if net else f.image
+        signal.push(cv2.resize(grey, (aw, ah), interpolation=cv2.INTER_AREA))
         hit = tracker.update(f.image)
         if hit is not None:
-            rows.append({"t": round(f.t, 4), "x": hit[0], "y": hit[1], "score": round(hit[2], 4), "shape": hit[3]})
+            rows.append({"t": round(f.t, 4), "x": hit[0], "y": hit[1], "score": round(hit[2], 4),
+                         "shape": hit[3] if len(hit) > 3 else "pointer"})
     duration = info.n_frames / info.fps if info.n_frames else info.duration
-    detection = stable_chunks(cfg=cfg, times=np.array(times), signal=np.array(signal.values), duration=duration)
+    detection = stable_chunks(cfg=cfg, times=np.array(times), stream=signal, duration=duration)
     return info, rows, detection
 
 

@@ -29,3 +29,50 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def pointer_scores(truth_xy, ambiguous, detected_xy, within: float = 8.0) -> dict[str, float]:
+    """Pointer detection per frame against ground truth; frames flagged ``ambiguous`` are left out.
+
+    ``truth_xy`` and ``detected_xy``: (N, 2) hotspots with NaN rows where there is none. Returns recall (a
+    detection within ``within`` px of a visible pointer), median and 95th-percentile hotspot error over those
+    frames' detections, and the false detection rate over frames without a pointer.
+    """
+    import numpy as np
+
+    truth_xy, detected_xy = np.asarray(truth_xy, float), np.asarray(detected_xy, float)
+    keep = ~np.asarray(ambiguous, bool)
+    visible = keep & np.isfinite(truth_xy[:, 0])
+    hidden = keep & ~np.isfinite(truth_xy[:, 0])
+    found = np.isfinite(detected_xy[:, 0])
+    err = np.hypot(*(detected_xy - truth_xy).T)
+    hit = visible & found & (err <= within)
+    errs = err[visible & found]
+    return {
+        "recall": float(hit.sum() / max(1, visible.sum())),
+        "median_error_px": float(np.median(errs)) if errs.size else float("nan"),
+        "p95_error_px": float(np.percentile(errs, 95)) if errs.size else float("nan"),
+        "false_detection_rate": float((hidden & found).sum() / max(1, hidden.sum())),
+        "visible_frames": int(visible.sum()),
+        "hidden_frames": int(hidden.sum()),
+        "ambiguous_frames": int((~keep).sum()),
+    }
+
+
+def per_frame_detections(rows, times):
+    """Pointer rows (``{"t", "x", "y", ...}``, frame order) as one (x, y) row per frame of ``times``, NaN where
+    none; two frames with the same time stamp (x11grab can stamp two grabs alike) each keep their own row."""
+    import numpy as np
+
+    times = np.asarray(times, float)
+    out = np.full((len(times), 2), np.nan)
+    i = 0
+    for r in rows:
+        while i < len(times) and times[i] < r["t"] - 5e-4:
+            i += 1
+        if i == len(times):
+            break
+        if abs(times[i] - r["t"]) <= 5e-4:
+            out[i] = r["x"], r["y"]
+            i += 1
+    return out

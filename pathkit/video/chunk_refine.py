@@ -1,0 +1,110 @@
+"""Second look at stable chunks, on the small analysis frames kept from the one decoding pass.
+
+Frame-to-frame differencing (:mod:`pathkit.video.chunks`) misses what real lectures do slowly or in a corner:
+
+* **persistent motion in a small region** (a webcam picture-in-picture with a moving face): pixels that change
+  in more than ``persistent_fraction`` of frame pairs, if they cover less than ``max_persistent_area`` of the
+  frame, are masked out and the difference signal is recomputed without them;
+* **slow transitions** (a 0.5-2 s crossfade between two similar views, a slow pan or zoom) whose every step
+  stays under the threshold: a chunk whose first and last frames differ is split into the frames that still
+  look like its first frame and those that already look like its last, the frames in between being the
+  transition (recursively, so a pan followed by a hold is cut right);
+* **blank frames** (black or uniform screens between sections): a chunk whose frames are mostly blank is no
+  chunk of content and is dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pathkit.video.chunks import Chunk, cursor_masked_difference
+
+
+def persistent_motion_mask(small: list[np.ndarray], pixel_threshold: float = 12.0, persistent_fraction: float = 0.2,
+                           max_persistent_area: float = 0.15) -> np.ndarray | None:
+    """uint8 map (1 = ignore) of a small region that keeps changing all video long, or None."""
+    import cv2
+
+    if len(small) < 10:
+        return None
+    count = np.zeros(small[0].shape, np.float32)
+    for a, b in zip(small[:-1], small[1:]):
+        count += cv2.absdiff(a, b) > pixel_threshold
+    busy = (count / (len(small) - 1) > persistent_fraction).astype(np.uint8)
+    if not busy.any():
+        return None
+    busy = cv2.dilate(busy, np.ones((5, 5), np.uint8))
+    x, y, w, h = cv2.boundingRect(busy)
+    if w * h > max_persistent_area * busy.size:
+        return None  # the whole view keeps changing (a video inside the lecture): nothing to mask
+    mask = np.zeros_like(busy)
+    mask[y:y + h, x:x + w] = 1  # the whole box: the face moves around inside it
+    return mask
+
+
+def masked_signal(small: list[np.ndarray], mask: np.ndarray, pixel_threshold: float = 12.0,
+                  blob_fraction: float = 0.02) -> np.ndarray:
+    """The cursor-masked difference signal of the small frames, with ``mask`` pixels held still."""
+    keep = mask == 0
+    values = [0.0]
+    for a, b in zip(small[:-1], small[1:]):
+        values.append(cursor_masked_difference(np.where(keep, a, 0).astype(a.dtype), np.where(keep, b, 0).astype(b.dtype),
+                                               pixel_threshold, blob_fraction))
+    return np.array(values, np.float64)
+
+
+def split_drifting(i0: int, i1: int, small: list[np.ndarray], threshold: float, mask: np.ndarray | None,
+                   pixel_threshold: float = 12.0, blob_fraction: float = 0.02, depth: int = 0) -> list[tuple[int, int]]:
+    """Runs ``(first, last)`` of analysis frames inside the run ``i0..i1`` whose ends look alike."""
+    keep = None if mask is None else mask == 0
+
+    def diff(i: int, j: int) -> float:
+        a, b = small[i], small[j]
+        if keep is not None:
+            a, b = np.where(keep, a, 0).astype(a.dtype), np.where(keep, b, 0).astype(b.dtype)
+        # any small change is the pointer here (two of its positions, seconds apart, may join into one long
+        # blob); a slow transition changes most of the view
+        return cursor_masked_difference(a, b, pixel_threshold, blob_fraction, max_blob_extent=1.0)
+
+    if i1 - i0 < 2 or depth > 8 or diff(i0, i1) <= threshold:
+        return [(i0, i1)]
+    like_first = [diff(i0, i) <= threshold for i in range(i0, i1 + 1)]
+    like_last = [diff(i, i1) <= threshold for i in range(i0, i1 + 1)]
+    p = i0 + (like_first.index(False) - 1 if False in like_first else i1 - i0)  # last frame like the first
+    s = i0 + (len(like_last) - like_last[::-1].index(False) if False in like_last else 0)  # first like the last
+    if s <= p:  # frames s..p look like both ends (a fade's faint tail): they belong to the later view
+        p = s - 1
+    out = split_drifting(i0, p, small, threshold, mask, pixel_threshold, blob_fraction, depth + 1) if p >= i0 else []
+    if s <= i1:
+        out += split_drifting(s, i1, small, threshold, mask, pixel_threshold, blob_fraction, depth + 1)
+    return out
+
+
+def refine_chunks(times: np.ndarray, signal: np.ndarray, small: list[np.ndarray], blank: list[bool],
+                  threshold_fn, step: float, min_seconds: float, duration: float | None,
+                  pixel_threshold: float = 12.0, blob_fraction: float = 0.02) -> tuple[list[Chunk], np.ndarray, float, dict]:
+    """Chunks after masking persistent motion, splitting slow transitions and dropping blank spans.
+
+    ``threshold_fn(signal)`` is the adaptive threshold. Returns ``(chunks, signal, threshold, extras)``.
+    """
+    mask = persistent_motion_mask(small, pixel_threshold)
+    extras: dict = {"persistent_mask_fraction": 0.0 if mask is None else float(mask.mean())}
+    if mask is not None:
+        signal = masked_signal(small, mask, pixel_threshold, blob_fraction)
+    thr = threshold_fn(signal)
+    moving = np.asarray(signal) > thr
+    end_cap = duration if duration is not None else float(times[-1]) + step
+    runs, j = [], 0
+    for i in range(1, len(times) + 1):
+        if i == len(times) or moving[i]:
+            runs.append((j, i - 1))
+            j = i
+    chunks = []
+    for a, b in runs:
+        for p, q in split_drifting(a, b, small, thr, mask, pixel_threshold, blob_fraction):
+            if np.mean(blank[p:q + 1]) > 0.5:
+                continue
+            start, end = float(times[p]), min(float(times[q]) + step, end_cap)
+            if end - start >= min_seconds - 1e-6:
+                chunks.append(Chunk(start, end))
+    return chunks, signal, thr, extras

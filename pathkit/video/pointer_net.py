@@ -1,0 +1,88 @@
+"""A small fully convolutional pointer detector: RGB frame in, hotspot heatmap out (stride 4, ~95k weights).
+
+Trained only on pathkit's procedural pointer drawings (:mod:`pathkit.video.pointer_renders`), never on a real
+cursor theme, so real themes measure generalisation. Two paths: a stride-4 path sees edges and corners
+(receptive field 15 px), a stride-8 path with dilated convolutions sees up to 123 px of context (a 64 px pointer
+as a whole, or the text around a look-alike corner); the head joins them. Per output cell: the logit that
+the hotspot falls in that 4 x 4 pixel cell and the hotspot's offset inside it.
+
+The weights ship with the package (``weights/pointer_net.safetensors``, float16, ~190 KB) and are rebuilt by
+``python -m pathkit.video.pointer_train``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+STRIDE = 4
+WEIGHTS = Path(__file__).with_name("weights") / "pointer_net.safetensors"
+
+
+class PointerNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+
+        def conv(i: int, o: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride, dilation, dilation), nn.ReLU(inplace=True))
+
+        self.fine = nn.Sequential(conv(3, 12, 2), conv(12, 16, 2), conv(16, 32))
+        self.coarse = nn.Sequential(conv(32, 48, 2), conv(48, 48, dilation=2), conv(48, 48, dilation=4))
+        self.head = nn.Sequential(nn.Conv2d(80, 32, 1), nn.ReLU(inplace=True), nn.Conv2d(32, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, 3, H, W) float in [-0.5, 0.5], H and W multiples of 8 -> (B, 3, H/4, W/4): logit, dx, dy."""
+        f = self.fine(x)
+        c = nn.functional.interpolate(self.coarse(f), size=f.shape[-2:], mode="nearest")
+        return self.head(torch.cat([f, c], 1))
+
+
+@lru_cache(maxsize=1)
+def load_pointer_net(path: str | None = None) -> PointerNet:
+    """The shipped (or given) weights, in float32, eval mode."""
+    from safetensors.torch import load_file
+
+    from pathkit.io import PathkitError
+
+    p = Path(path) if path else WEIGHTS
+    if not p.exists():
+        raise PathkitError(f"{p}: pointer detector weights missing (rebuild: python -m pathkit.video.pointer_train)")
+    net = PointerNet()
+    net.load_state_dict({k: v.float() for k, v in load_file(str(p)).items()})
+    return net.eval()
+
+
+def to_input(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H8, W8) float, zero-padded at the bottom/right to multiples of 8."""
+    h, w = rgb.shape[:2]
+    H, W = -(-h // 8) * 8, -(-w // 8) * 8
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0).sub_(0.5)
+    if (H, W) != (h, w):
+        x = nn.functional.pad(x, (0, W - w, 0, H - h))
+    return x[None]
+
+
+@torch.inference_mode()
+def heatmap(net: PointerNet, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per stride-4 cell of an RGB image: hotspot probability (h, w) and hotspot position (h, w, 2) in pixels."""
+    out = net(to_input(rgb))[0].numpy()
+    prob = 1.0 / (1.0 + np.exp(-out[0]))
+    gy, gx = np.mgrid[0:out.shape[1], 0:out.shape[2]].astype(np.float32)
+    xy = np.stack([(gx + np.clip(out[1], 0, 1)) * STRIDE - 0.5, (gy + np.clip(out[2], 0, 1)) * STRIDE - 0.5], -1)
+    return prob, xy
+
+
+def peaks(prob: np.ndarray, xy: np.ndarray, threshold: float, k: int = 3) -> list[tuple[float, float, float]]:
+    """Up to ``k`` local maxima above ``threshold`` as ``(score, x, y)``, best first."""
+    import cv2
+
+    if prob.size == 0 or prob.max() < threshold:
+        return []
+    dil = cv2.dilate(prob, np.ones((3, 3), np.uint8))
+    ys, xs = np.nonzero((prob >= dil) & (prob >= threshold))
+    order = np.argsort(-prob[ys, xs])[:k]
+    return [(float(prob[ys[i], xs[i]]), float(xy[ys[i], xs[i], 0]), float(xy[ys[i], xs[i], 1])) for i in order]

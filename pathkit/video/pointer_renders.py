@@ -1,0 +1,246 @@
+"""Procedurally varied mouse pointers composited onto lecture-like patches: the pointer detector's training data.
+
+No cursor theme is used: pointers are pathkit's own vector drawings (an arrow and a pointing hand as polygons
+and rounded boxes) with random proportions, tilt, size (10 to 70 px), fill (white, black, any colour, flat,
+gradient or translucent), outline (the contrasting polarity, 0 to 3 px), anti-aliasing and drop shadow. They are
+pasted onto crops of photographs and pathkit's procedural tissue, text slides, flat and black screens, then
+the patch is downscaled by a random factor and JPEG-compressed (what x264 and a smaller video do to it).
+
+A sample is ``(patch RGB uint8 (S, S, 3), hotspot (x, y) float or None)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+SS = 4  # supersampling of the drawing (anti-aliased edges after the area downscale)
+
+
+def _arrow_polygon(rng: np.random.Generator) -> np.ndarray:
+    """The classic arrow, tip at (0, 0), height 1, with random wing, notch and tail proportions."""
+    left = rng.uniform(0.7, 0.86)  # length of the straight left edge
+    wing = rng.uniform(0.48, 0.66)
+    notch = rng.uniform(0.18, 0.3)
+    tail_w = rng.uniform(0.1, 0.17)
+    tail_dx = rng.uniform(0.14, 0.26)
+    wing_y = left * rng.uniform(0.74, 0.84)
+    pts = [(0, 0), (0, left), (notch, wing_y - 0.06), (notch + tail_dx, 1.0), (notch + tail_dx + tail_w, 0.96),
+           (notch + tail_w + 0.02, wing_y - 0.08), (wing, wing_y)]
+    if rng.random() < 0.25:  # a tail-less arrow (a plain triangle with a notch)
+        pts = [(0, 0), (0, left), (notch, wing_y - 0.05), (wing, wing_y)]
+    return np.array(pts, np.float64)
+
+
+def _draw_arrow(rng: np.random.Generator, height: float, canvas: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """Supersampled mask of an arrow (tilted up to +-12 degrees about its tip) and the tip position."""
+    import cv2
+
+    poly = _arrow_polygon(rng)
+    poly[:, 0] *= rng.uniform(0.85, 1.15)  # aspect
+    a = np.deg2rad(rng.uniform(-12, 12))
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    poly = poly @ rot.T * height * SS
+    tip = np.array([canvas * SS * 0.35, canvas * SS * 0.3])
+    mask = np.zeros((canvas * SS, canvas * SS), np.uint8)
+    cv2.fillPoly(mask, [np.round(poly + tip).astype(np.int32)], 255, cv2.LINE_8)
+    return mask, (float(tip[0]), float(tip[1]))
+
+
+def _draw_hand(rng: np.random.Generator, height: float, canvas: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """Supersampled mask of a pointing hand: an upright index finger over a fist, fingertip = hotspot."""
+    import cv2
+
+    u = height * SS
+    fw = u * rng.uniform(0.17, 0.24)  # finger width
+    tip = np.array([canvas * SS * 0.45, canvas * SS * 0.22])
+    mask = np.zeros((canvas * SS, canvas * SS), np.uint8)
+    x0, y0 = tip[0] - fw / 2, tip[1]
+    finger_len = u * rng.uniform(0.42, 0.55)
+    cv2.rectangle(mask, (int(x0), int(y0 + fw / 2)), (int(x0 + fw), int(y0 + finger_len)), 255, -1)
+    cv2.circle(mask, (int(tip[0]), int(y0 + fw / 2)), int(fw / 2), 255, -1)
+    palm_left = x0 - u * rng.uniform(0.05, 0.2)
+    palm_right = x0 + fw + u * rng.uniform(0.3, 0.45)
+    palm_top, palm_bottom = y0 + finger_len * rng.uniform(0.6, 0.8), y0 + u
+    r = int(u * 0.12)
+    cv2.rectangle(mask, (int(palm_left + r), int(palm_top)), (int(palm_right - r), int(palm_bottom)), 255, -1)
+    cv2.rectangle(mask, (int(palm_left), int(palm_top + r)), (int(palm_right), int(palm_bottom - r)), 255, -1)
+    for cx, cy in ((palm_left + r, palm_top + r), (palm_right - r, palm_top + r),
+                   (palm_left + r, palm_bottom - r), (palm_right - r, palm_bottom - r)):
+        cv2.circle(mask, (int(cx), int(cy)), r, 255, -1)
+    if rng.random() < 0.7:  # the thumb, out to the left
+        cv2.ellipse(mask, (int(palm_left), int(palm_top + u * 0.22)), (int(u * 0.16), int(u * 0.08)),
+                    float(rng.uniform(20, 50)), 0, 360, 255, -1)
+    a = rng.uniform(-10, 10)
+    m = cv2.getRotationMatrix2D((float(tip[0]), float(tip[1])), a, 1.0)
+    mask = cv2.warpAffine(mask, m, mask.shape[::-1], flags=cv2.INTER_NEAREST)
+    return mask, (float(tip[0]), float(tip[1]))
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, 3)
+
+
+def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """One pointer at ``canvas`` px: (RGB float (c, c, 3), alpha float (c, c) in [0, 1], hotspot (x, y))."""
+    import cv2
+
+    kind = "hand" if rng.random() < 0.35 else "arrow"
+    body, (tx, ty) = (_draw_hand if kind == "hand" else _draw_arrow)(rng, height, canvas)
+    style = rng.random()
+    if style < 0.38:
+        fill, outline = np.full(3, rng.uniform(225, 255)), np.full(3, rng.uniform(0, 40))
+    elif style < 0.76:
+        fill, outline = np.full(3, rng.uniform(0, 40)), np.full(3, rng.uniform(215, 255))
+    else:
+        fill = _random_colour(rng)
+        outline = np.full(3, 0.0 if fill.mean() > 110 or rng.random() < 0.4 else 255.0)
+    # outline: 0 to 3 px of the final pointer (1 px of a pointer ~20 px tall is 1/20 of its height)
+    width_px = int(rng.choice([0, 1, 1, 1, 2, 2, 3])) if style >= 0.76 else int(rng.choice([1, 1, 1, 2, 2, 3]))
+    k = max(1, int(round(width_px * SS * max(1.0, height / 24))))
+    outer = cv2.dilate(body, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) if width_px else body
+    if width_px:  # the outline grows past the tip: the hotspot is the drawn tip, the pointer's topmost pixel
+        ys, xs = np.nonzero(outer)
+        top = ys == ys.min()
+        tx, ty = float(xs[top][np.argmin(np.abs(xs[top] - tx))]), float(ys.min())
+    c = canvas * SS
+    rgb = np.zeros((c, c, 3), np.float32)
+    rgb[outer > 0] = outline
+    inside = body > 0
+    if rng.random() < 0.3:  # a vertical gradient in the fill (glassy themes)
+        g = np.linspace(rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3), c, dtype=np.float32)[:, None, None]
+        rgb[inside] = np.clip(fill * g, 0, 255)[np.nonzero(inside)[0], 0]
+    else:
+        rgb[inside] = fill
+    alpha = (outer > 0).astype(np.float32)
+    if rng.random() < 0.15:  # translucent fill
+        alpha[inside] = rng.uniform(0.55, 0.9)
+    rgb = cv2.resize(rgb * alpha[..., None], (canvas, canvas), interpolation=cv2.INTER_AREA)
+    alpha = cv2.resize(alpha, (canvas, canvas), interpolation=cv2.INTER_AREA)
+    rgb = rgb / np.maximum(alpha, 1e-4)[..., None]
+    if rng.random() < 0.4:  # drop shadow: a blurred, offset, dark copy under the pointer
+        off = rng.uniform(1, 4, 2) * max(1.0, height / 32)
+        m = np.float32([[1, 0, off[0]], [0, 1, off[1]]])
+        shadow = cv2.warpAffine(alpha, m, (canvas, canvas))
+        shadow = cv2.GaussianBlur(shadow, (0, 0), rng.uniform(0.8, 2.5)) * rng.uniform(0.25, 0.6)
+        shadow_rgb = np.zeros_like(rgb)
+        a_total = alpha + shadow * (1 - alpha)
+        rgb = (rgb * alpha[..., None] + shadow_rgb * (shadow * (1 - alpha))[..., None]) / np.maximum(a_total, 1e-4)[..., None]
+        alpha = a_total
+    return rgb, alpha, ((tx + 0.5) / SS - 0.5, (ty + 0.5) / SS - 0.5)
+
+
+@lru_cache(maxsize=1)
+def _photo_pool() -> tuple[np.ndarray, ...]:
+    """Background images: scikit-image's photographs and scanned text (not its IHC image, which is evaluation
+    content), and pathkit's procedural tissue."""
+    from skimage import data
+
+    from pathkit.synthetic.video import synthetic_background
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "text", "page", "coins", "moon", "hubble_deep_field"):
+        img = getattr(data, name)()
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, 2)
+        out.append(np.ascontiguousarray(img[..., :3]))
+    for seed in (101, 102):
+        out.append(synthetic_background(384, 384, np.random.default_rng(seed))[0])
+    return tuple(out)
+
+
+def _text_patch(rng: np.random.Generator, size: int) -> np.ndarray:
+    import cv2
+
+    bg = rng.choice([250, 255, 235, 30]) if rng.random() < 0.8 else rng.uniform(0, 255)
+    img = np.full((size, size, 3), bg, np.uint8)
+    ink = (20, 20, 20) if bg > 128 else (240, 240, 240)
+    if rng.random() < 0.3:
+        ink = tuple(int(v) for v in rng.uniform(0, 255, 3))
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<>/\\^v-|"
+    y = int(rng.uniform(0, 20))
+    while y < size + 20:
+        scale = rng.uniform(0.4, 1.6)
+        text = "".join(rng.choice(list(letters), int(rng.integers(3, 14))))
+        cv2.putText(img, text, (int(rng.uniform(-20, 20)), y), int(rng.choice([0, 2, 3, 4])), scale, ink,
+                    int(rng.integers(1, 4)), cv2.LINE_AA)
+        y += int(30 * scale + rng.uniform(4, 20))
+    return img
+
+
+def background_patch(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A lecture-like RGB background crop of ``size`` x ``size``."""
+    import cv2
+
+    r = rng.random()
+    if r < 0.5:
+        pool = _photo_pool()
+        img = pool[int(rng.integers(len(pool)))]
+        zoom = rng.uniform(0.7, 3.0)
+        crop = max(8, int(size / zoom))
+        crop = min(crop, img.shape[0], img.shape[1])
+        y0, x0 = int(rng.integers(0, img.shape[0] - crop + 1)), int(rng.integers(0, img.shape[1] - crop + 1))
+        out = cv2.resize(img[y0:y0 + crop, x0:x0 + crop], (size, size), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.3:
+            out = out[:, ::-1].copy()
+        return out
+    if r < 0.8:
+        return _text_patch(rng, size)
+    if r < 0.9:
+        return np.full((size, size, 3), rng.uniform(0, 255, 3) if rng.random() < 0.5 else rng.choice([0, 255]),
+                       np.uint8)
+    g = np.linspace(rng.uniform(0, 255, 3), rng.uniform(0, 255, 3), size)  # a gradient
+    return np.ascontiguousarray(np.repeat(g[:, None], size, 1).astype(np.uint8))
+
+
+@dataclass
+class RenderPools:
+    """Pre-rendered pointers and backgrounds (drawing them is the slow part); samples mix them freely."""
+
+    sprites: list[tuple[np.ndarray, np.ndarray, tuple[float, float]]]  # (RGB, alpha, hotspot)
+    backgrounds: list[np.ndarray]  # RGB, square, at least 2x the patch size
+
+    @staticmethod
+    def build(rng: np.random.Generator, n_sprites: int = 1500, n_backgrounds: int = 600, size: int = 96
+              ) -> RenderPools:
+        sprites = []
+        for _ in range(n_sprites):
+            height = float(np.exp(rng.uniform(np.log(10), np.log(72))))
+            sprites.append(render_pointer(rng, height, int(height * 1.6) + 8))
+        return RenderPools(sprites, [background_patch(rng, 2 * size) for _ in range(n_backgrounds)])
+
+
+def training_sample(rng: np.random.Generator, pools: RenderPools, size: int = 96, p_pointer: float = 0.7
+                    ) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A compressed patch with a pointer (probability ``p_pointer``) and its hotspot in patch pixels."""
+    import cv2
+
+    down = 1.0 if rng.random() < 0.5 else rng.uniform(1.0, 2.0)  # the video is this much smaller than the screen
+    big = int(round(size * down))
+    src = pools.backgrounds[int(rng.integers(len(pools.backgrounds)))]
+    y0, x0 = (int(rng.integers(0, src.shape[i] - big + 1)) for i in (0, 1))
+    bg = src[y0:y0 + big, x0:x0 + big].astype(np.float32)
+    hot = None
+    if rng.random() < p_pointer:
+        rgb, alpha, (hx, hy) = pools.sprites[int(rng.integers(len(pools.sprites)))]
+        canvas = alpha.shape[0]
+        ox = int(rng.integers(-int(hx) + 2, big - int(hx) - 2))
+        oy = int(rng.integers(-int(hy) + 2, big - int(hy) - 2))
+        x0, y0 = max(0, ox), max(0, oy)
+        x1, y1 = min(big, ox + canvas), min(big, oy + canvas)
+        a = alpha[y0 - oy:y1 - oy, x0 - ox:x1 - ox, None]
+        bg[y0:y1, x0:x1] = bg[y0:y1, x0:x1] * (1 - a) + rgb[y0 - oy:y1 - oy, x0 - ox:x1 - ox] * a
+        hot = (ox + hx, oy + hy)
+    img = np.clip(bg + 0.5, 0, 255).astype(np.uint8)
+    if big != size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        if hot is not None:
+            hot = ((hot[0] + 0.5) / down - 0.5, (hot[1] + 0.5) / down - 0.5)
+    if rng.random() < 0.85:  # block compression, chroma subsampled like x264's yuv420p
+        q = int(rng.uniform(25, 90))
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+        img = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return img, hot
