@@ -45,13 +45,20 @@ TARGETS = {
 REPORTED = ("yes_no_accuracy", "choice_accuracy", "open_recall")
 
 
+def _has_data_seed() -> bool:
+    from pathkit.config import Config
+
+    return hasattr(Config.from_name("tiny").synthetic, "seed")
+
+
 def run_one(recipe: str, seed: int, threads: int, work: Path) -> dict:
     """Train one recipe at one seed (data and training) through the CLI; return its summary's numbers."""
     name = f"{recipe}-seed{seed}-threads{threads}"
     out = work / name
     cmd = [sys.executable, "-m", "pathkit.cli", "train", recipe, "--preset", "tiny", "--out", str(out),
-           "--data", str(work / f"data-seed{seed}"), "--set", f"seed={seed}", "--set", f"synthetic.seed={seed}",
-           "--no-progress"]
+           "--data", str(work / f"data-seed{seed}"), "--set", f"seed={seed}", "--no-progress"]
+    if _has_data_seed():  # the data seed is its own setting: vary it with the training seed
+        cmd[-1:-1] = ["--set", f"synthetic.seed={seed}"]
     env = {**os.environ, "PATHKIT_TORCH_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Order is the order of the help listing.
-AREAS = ("synthetic", "wsi", "video", "instruct", "curate", "data", "train", "eval", "serve")
+AREAS = ("synthetic", "wsi", "video", "instruct", "curate", "data", "train", "eval", "serve", "sweep")
 
 
 @app.callback()

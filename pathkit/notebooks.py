@@ -7,7 +7,14 @@ Every notebook starts with a cell tagged ``parameters`` holding at least::
     workdir = "../runs"      # data, features and checkpoints shared by the notebooks (load if cached)
     figures_dir = "../figures"
 
-This runner injects those four, so ``make tutorial`` and the test suite run the same code.
+and, for sweeps (``pathkit sweep``, notebook 11)::
+
+    overrides = {}           # Config keys (and stage keys where a recipe trains)
+    run_dir = None           # where pathkit.sweep.record writes metrics.json
+
+This runner injects the first four, so ``make tutorial`` and the test suite run the same code. ``make tutorial``
+also gives each notebook a ``run_dir`` (``executed/metrics/<notebook>/``) and prints every notebook's recorded
+headline numbers at the end.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ def list_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
 
 def run_notebook(path: Path, out_dir: Path, preset: str = "tiny", seed: int = 0,
                  workdir: Path | None = None, figures_dir: Path | None = None,
-                 extra: dict | None = None) -> Path:
-    """Execute one notebook; the executed copy goes to ``out_dir``. Raises on the first failing cell."""
+                 extra: dict | None = None, run_dir: Path | None = None) -> Path:
+    """Execute one notebook; the executed copy goes to ``out_dir``. Raises on the first failing cell.
+
+    ``run_dir``: injected as the notebook's ``run_dir`` (its ``pathkit.sweep.record`` values land there).
+    """
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -38,11 +48,24 @@ def run_notebook(path: Path, out_dir: Path, preset: str = "tiny", seed: int = 0,
     workdir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     params = {"preset": preset, "seed": seed, "workdir": str(workdir), "figures_dir": str(figures_dir)}
+    if run_dir is not None:
+        params["run_dir"] = str(Path(run_dir).resolve())
     params.update(extra or {})
     out = out_dir / path.name
     pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent), kernel_name="python3",
                         language="python", progress_bar=False, log_output=False)
     return out
+
+
+def print_recorded(metrics_root: Path, notebooks: list[Path]) -> None:
+    """Each notebook's recorded headline numbers (``pathkit.sweep.record``), one line per notebook."""
+    from pathkit.sweep.record import read_metrics
+
+    for nb in notebooks:
+        values = read_metrics(metrics_root / nb.stem)
+        if values:
+            shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            print(f"  {nb.stem}: {shown}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,18 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         notebooks = [p for p in notebooks if any(s in p.name for s in args.only)]
     failures = []
+    metrics_root = REPO / args.out / "metrics"
     for nb in notebooks:
         t0 = time.perf_counter()
         print(f"[{nb.name}] running at preset {args.preset} ...", flush=True)
+        (metrics_root / nb.stem / "metrics.json").unlink(missing_ok=True)  # record() merges: start clean
         try:
             run_notebook(nb, REPO / args.out, args.preset, args.seed,
-                         Path(args.workdir) if args.workdir else None)
+                         Path(args.workdir) if args.workdir else None, run_dir=metrics_root / nb.stem)
         except Exception as err:  # keep going: later notebooks rebuild what they need
             first = str(err).strip().splitlines()
             failures.append(nb.name)
             print(f"[{nb.name}] FAILED: {type(err).__name__}: {first[-1] if first else ''}", flush=True)
             continue
         print(f"[{nb.name}] done in {time.perf_counter() - t0:.0f} s", flush=True)
+    print_recorded(metrics_root, notebooks)
     if failures:
         print(f"{len(failures)} notebook(s) failed: {', '.join(failures)}", file=sys.stderr)
         return 1

@@ -358,7 +358,10 @@ def quilt_llava(preset: str) -> Recipe:
     """Quilt-LLaVA (§2.5): LLaVA-1.5 stage 1 on captions (plain template, projector only), then instruction
     tuning of projector + LLM (the released model was fully fine-tuned, issue #11)."""
     p = preset
-    config = _by_preset(p, {"connector.type": "mlp2x_gelu", "llm.lora_r": 0},
+    # tiny: full fine-tuning of ``tiny-pretrained`` (Quilt-LLaVA fine-tunes a pretrained Vicuna). On the random-init
+    # ``tiny`` LLM yes/no only left chance after ~30 of 40 epochs, so the held-out score was a coin flip of seed and
+    # float rounding (tissue yes/no 0.77-0.95 measured); from a pretrained LLM it is learned in a few epochs.
+    config = _by_preset(p, {"connector.type": "mlp2x_gelu", "llm.lora_r": 0, "llm.name": "tiny-pretrained"},
                         {"connector.type": "mlp2x_gelu", "llm.lora_r": 0},
                         {"connector.type": "mlp2x_gelu", "llm.lora_r": 0,
                          "encoder.name": "wisdomik/QuiltNet-B-32", "encoder.image_size": 224,
@@ -372,10 +375,10 @@ def quilt_llava(preset: str) -> Recipe:
         notes="scripts/v1_5/pretrain.sh: batch 32/GPU, --gradient_accumulation_steps 1, global 256 (8 GPUs), "
               "lr 1e-3, cosine, warmup 0.03, wd 0, 1 epoch")
     instruct = Stage(
-        name="instruct", data=DataSpec(source="tiles", format="instruct"),
+        name="instruct", data=DataSpec(source="tiles", format="instruct", extra_closed=_by_preset(p, 4, 0, 0)),
         trainable=PROJECTOR_LLM,
-        lr=_by_preset(p, 5e-3, 2e-5, 2e-5), epochs=_by_preset(p, 40, 3, 1),
-        batch_size=_by_preset(p, 16, 16, 16), grad_accum=1,
+        lr=_by_preset(p, 2e-3, 2e-5, 2e-5), epochs=_by_preset(p, 12, 3, 1),
+        batch_size=_by_preset(p, 16, 16, 16), grad_accum=1, val_fraction=_by_preset(p, 0.1, 0.0, 0.0),
         notes="scripts/v1_5/finetune.sh: batch 16/GPU, --gradient_accumulation_steps 1, lr 2e-5, cosine, "
               "warmup 0.03, wd 0, 1 epoch; the released weights suggest 3 epochs (issue #13)")
     return Recipe(name="quilt_llava", vision="image", stages=(align, instruct), config=config,
@@ -414,6 +417,7 @@ def pa_llava(preset: str) -> Recipe:
         lr=_by_preset(p, 2e-3, 2e-4, 2e-4), projector_lr=_by_preset(p, 1e-3, 1e-4, 1e-4),
         min_lr=_by_preset(p, 1e-5, 1e-6, 1e-6), epochs=_by_preset(p, 6, 3, 12),
         batch_size=_by_preset(p, 16, 16, 6), grad_accum=_by_preset(p, 1, 2, 4),
+        val_fraction=_by_preset(p, 0.1, 0.0, 0.0),
         notes="pallava_instruction_tuning.py: 6/GPU x 4 accumulation x 16 GPUs = 384, 12 epochs, lr 2e-4 "
               "(projector x0.5 = 1e-4), cosine to 1e-6")
     return Recipe(name="pa_llava", vision="image", stages=(clip, align, vqa), config=config,
@@ -455,6 +459,7 @@ def wsi_llava(preset: str) -> Recipe:
         trainable=PROJECTOR_LORA,
         lr=_by_preset(p, 3e-3, 2e-4, 2e-4), projector_lr=_by_preset(p, 1.5e-3, 2e-5, 2e-5),
         epochs=_by_preset(p, 10, 3, 3), batch_size=_by_preset(p, 8, 32, 32), grad_accum=_by_preset(p, 1, 1, 4),
+        val_fraction=_by_preset(p, 0.1, 0.0, 0.0),
         notes="finetune_lora.sh: LoRA r128 alpha256, lr 2e-4, projector lr 2e-5, 3 epochs, 32/device x 4 "
               "accumulation = 128, ZeRO-3, bf16, cosine warm-up 0.03, group_by_modality_length")
     return Recipe(name="wsi_llava", vision="slide", stages=(contrastive, align, instruct), config=config,

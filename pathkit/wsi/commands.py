@@ -17,6 +17,8 @@ def tile(
     overlap: int = typer.Option(0, help="overlap between neighbouring tiles, in pixels at --mpp"),
     thumbnail_size: int = typer.Option(1024, help="longest side of the thumbnail the tissue mask uses"),
     no_figure: bool = typer.Option(False, "--no-figure", help="skip the per-slide PNG"),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: one Ray task per slide"),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster to join (default: a local Ray)"),
 ) -> None:
     """Tissue mask + tile grid at a true magnification: DIR/<stem>.h5 coords (level-0 x, y) + DIR/<stem>.png.
 
@@ -25,8 +27,14 @@ def tile(
     """
     from pathkit.wsi.pipeline import tile_slides
 
-    summary = tile_slides(slides, out, mpp=mpp, size=size, min_tissue=min_tissue, overlap=overlap,
-                          slide_mpp=slide_mpp, thumbnail_size=thumbnail_size, figure=not no_figure)
+    settings = dict(mpp=mpp, size=size, min_tissue=min_tissue, overlap=overlap, slide_mpp=slide_mpp,
+                    thumbnail_size=thumbnail_size, figure=not no_figure)
+    if _engine(engine) == "ray":
+        from pathkit.wsi.ray_batch import tile_slides_ray
+
+        summary = tile_slides_ray(slides, out, address=ray_address, **settings)
+    else:
+        summary = tile_slides(slides, out, **settings)
     _finish(summary)
 
 
@@ -40,6 +48,9 @@ def extract(
     slide_mpp: float = typer.Option(None, help="level-0 mpp override used when the tiles were planned"),
     slides: Path = typer.Option(None, "--slides", help="folder of the slides, found by name (needed for CLAM or "
                                 "TRIDENT coords files, which name no slide path)"),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: slides spread over Ray actors"),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster to join (default: a local Ray)"),
+    actors: int = typer.Option(None, "--actors", help="Ray: encoder actors (default one per GPU, else 2)"),
 ) -> None:
     """Encode every tile listed in SOURCE with an encoder -> OUT/<stem>.h5 (coords, features, attrs).
 
@@ -52,9 +63,22 @@ def extract(
     """
     from pathkit.wsi.pipeline import extract_features
 
-    summary = extract_features(source, encoder, out, batch_size=batch_size, workers=workers, device=device,
-                               slide_mpp=slide_mpp, slides_dir=slides)
+    settings = dict(batch_size=batch_size, workers=workers, device=device, slide_mpp=slide_mpp, slides_dir=slides)
+    if _engine(engine) == "ray":
+        from pathkit.wsi.ray_batch import extract_features_ray
+
+        summary = extract_features_ray(source, encoder, out, actors=actors, address=ray_address, **settings)
+    else:
+        summary = extract_features(source, encoder, out, **settings)
     _finish(summary)
+
+
+def _engine(name: str) -> str:
+    from pathkit.io import PathkitError
+
+    if name not in ("local", "ray"):
+        raise PathkitError(f"--engine {name!r}: must be local or ray")
+    return name
 
 
 def _finish(summary) -> None:
