@@ -19,6 +19,8 @@ LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 ALLOWED = {
     ("wsi.pipeline", "models"): "feature extraction runs a tile encoder (pathkit extract)",
     ("wsi.pipeline", "viz"): "pathkit tile draws the tile grid over the thumbnail",
+    ("wsi.ray_batch", "sweep"): "pathkit tile|extract --engine ray run on the sweep's Ray engine",
+    ("wsi.ray_batch", "models"): "extraction on Ray workers runs a tile encoder",
 }
 
 

@@ -188,7 +188,8 @@ def test_cli_stops_on_bad_records_before_training_and_skips_them_on_request(tmp_
     bad = [json.loads(line) for line in (out / "bad_records.jsonl").read_text().splitlines()]
     assert [(b["index"], b["field"]) for b in bad] == [(3, "image"), (7, "conversations")]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stages"]["instruct"]["records"] == 10  # 12 minus the two bad ones
+    instruct = summary["stages"]["instruct"]
+    assert instruct["records"] + instruct.get("val_records", 0) == 10  # 12 minus the two bad ones
     assert summary["stages"]["alignment"]["records"] == 10
     assert "closed_accuracy" not in summary  # no --eval-questions: nothing to score
 
