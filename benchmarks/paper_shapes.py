@@ -196,7 +196,8 @@ def contrastive_step(model, vision: str, batch: dict) -> float:
 def run_recipe(name: str, llm_layers: int, n_tiles: int, max_gib: float) -> dict:
     from PIL import Image
 
-    from pathkit.train.data import ConversationDataset, FeatureLoader, pad_collate, read_llava_json
+    from pathkit.train.data import ConversationDataset, FeatureLoader, pad_collate
+    from pathkit.train.records import read_training_file
 
     recipe = get_recipe(name, "paper")
     cfg = Config.from_name("paper").override(recipe.config)
@@ -216,7 +217,7 @@ def run_recipe(name: str, llm_layers: int, n_tiles: int, max_gib: float) -> dict
                           "tiles": n_tiles}
     with tempfile.TemporaryDirectory() as tmp:
         train_json = write_user_data(Path(tmp), model, recipe.vision, n_tiles)
-        records = read_llava_json(train_json)
+        records = read_training_file(train_json)  # validated, image paths made absolute
         for stage in recipe.stages:
             template = stage.data.template or cfg.llm.chat_template
             load_image = None

@@ -122,8 +122,13 @@ class ConfigBase:
 
 @dataclass
 class SyntheticConfig(ConfigBase):
-    """Procedural data with ground truth (pathkit.synthetic)."""
+    """Procedural data with ground truth (pathkit.synthetic).
 
+    ``seed`` is the *data* seed: which synthetic data set (tiles, slides, their questions) is drawn. It is
+    separate from :attr:`Config.seed` (training order and initialisation), so a training-seed sweep trains the
+    same data, and a data set with another seed is built beside the first under its own folder."""
+
+    seed: int = 0
     tile_size: int = 64
     tiles_per_class: int = 40
     heldout_fraction: float = 0.25
@@ -136,6 +141,7 @@ class SyntheticConfig(ConfigBase):
     video_size: tuple[int, int] = (320, 240)  # width, height
 
     def validate(self) -> None:
+        self.check("seed", isinstance(self.seed, int) and self.seed >= 0, "must be an integer >= 0")
         self.check("tile_size", self.tile_size >= 16, "must be >= 16 pixels")
         self.check("tiles_per_class", self.tiles_per_class >= 1, "must be >= 1")
         self.check("heldout_fraction", 0.0 < self.heldout_fraction < 1.0, "must be in (0, 1)")
@@ -377,7 +383,7 @@ class Config(ConfigBase):
     """Everything a notebook or a recipe needs, for one preset."""
 
     preset: str = "tiny"
-    seed: int = 0
+    seed: int = 0  # training: initialisation and data order (the data set's seed is synthetic.seed)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     wsi: WSIConfig = field(default_factory=WSIConfig)
     video: VideoConfig = field(default_factory=VideoConfig)

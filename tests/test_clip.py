@@ -22,6 +22,7 @@ from pathkit.models.clip import (
     mine_hard_negatives,
     retrieval_metrics,
 )
+from pathkit.synthetic.slides import DIAGNOSES
 from pathkit.train.contrastive import (
     ContrastiveModule,
     PairDataModule,
@@ -180,7 +181,7 @@ def _synthetic_slides(tmp_path, n_per_class=6, dim=8, seed=0):
     from pathkit.wsi.features import write_features
 
     rng = np.random.default_rng(seed)
-    diagnoses = list(slide_class_prompts())
+    diagnoses = list(DIAGNOSES)
     centres = rng.normal(size=(len(diagnoses), dim)) * 2.0
     records = []
     for c, diag in enumerate(diagnoses):
@@ -224,7 +225,7 @@ def test_contrastive_training_learns_slide_reports_quickly(tmp_path):
     ds = SlideReportDataset(records)
     model, _ = _tiny_clip("mean")
     assert isinstance(model.image_tower, MeanPoolSlideTower)
-    prompts = slide_class_prompts()
+    prompts = slide_class_prompts(DIAGNOSES)
     before = evaluate_clip(model, ds, collate_slides, prompts)
     dm = PairDataModule(ds, batch_size=8, collate=collate_slides, seed=0)
     module = ContrastiveModule(model, total_steps=dm.batches_per_epoch() * 25, lr=3e-3, warmup_ratio=0.1)
@@ -236,14 +237,17 @@ def test_contrastive_training_learns_slide_reports_quickly(tmp_path):
     assert after["zero_shot_accuracy"] >= 0.75  # chance 0.25
     assert after["t2i_r5"] > before["t2i_r5"] + 0.2
     assert module.history[-1]["loss"] < module.history[0]["loss"]
-    assert all(h["samples_per_sec"] > 0 for h in module.history)
+    assert all(h["samples_per_s"] > 0 for h in module.history)
 
 
 def test_train_clip_on_synthetic_tiles_rises_from_chance(tmp_path):
-    from pathkit.train.contrastive import ensure_clip, train_clip
+    from pathkit.eval.recipe_run import ensure_clip
+    from pathkit.train.contrastive import train_clip
+    from pathkit.workdir import clip_pairs
 
     cfg = Config.from_name("tiny").override({"synthetic.tiles_per_class": 24})
-    summary = train_clip(cfg, tmp_path / "clip", data_dir=tmp_path, epochs=8, batch_size=24, lr=1e-3)
+    pairs, heldout = clip_pairs(cfg, tmp_path)
+    summary = train_clip(cfg, tmp_path / "clip", pairs, heldout_pairs=heldout, epochs=8, batch_size=24, lr=1e-3)
     before, after = summary["before"], summary["after"]
     assert after["mean_r1"] >= max(3 * before["mean_r1"], 3 * before["retrieval_chance_r1"])
     assert after["zero_shot_accuracy"] >= 2 * after["zero_shot_chance"]

@@ -337,9 +337,12 @@ def test_extract_trident_coords_on_a_slide_without_mpp_uses_its_magnification(tm
 
 def test_eval_reads_pt_and_csv_slides_without_coords(tmp_path):
     from pathkit.eval.answers import load_visual
+    from pathkit.train.data import coords_or_grid
 
     torch.save(torch.ones(576, 1024), tmp_path / "s.pt")
     pd.DataFrame(np.ones((3, 512), np.float32)).to_csv(tmp_path / "s.csv", index=False)
     for name, shape in (("s.pt", (576, 1024)), ("s.csv", (3, 512))):
         kind, (feats, coords) = load_visual(tmp_path / name)
-        assert kind == "slide" and tuple(feats.shape) == shape and coords is None
+        assert kind == "slide" and tuple(feats.shape) == shape
+        # no coords in the file: the slide encoder gets the row-major grid training uses (train.data.coords_or_grid)
+        assert coords.tolist() == coords_or_grid(None, shape[0]).tolist()

@@ -12,6 +12,8 @@ from pathkit.models.clip import PathologyCLIP
 from pathkit.train.contrastive import PairBatchSampler, train_clip
 from pathkit.train.contrastive_stage import run_contrastive_stage
 from pathkit.train.recipes import DataSpec, Recipe, Stage
+from pathkit.train.records import read_training_file, stage_records
+from pathkit.workdir import clip_pairs, tutorial_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +55,7 @@ def test_pair_sampler_resumes_at_the_next_batch_of_the_epoch():
 @pytest.mark.slow
 def test_contrastive_stage_resumes_mid_epoch_with_the_uninterrupted_losses_and_weights(tmp_path):
     cfg, (recipe, stage) = _cfg(), _stage()
-    data = tmp_path / "data"
+    data = stage_records(stage, read_training_file(tutorial_data(recipe, cfg, tmp_path / "data")["train"][stage.name]))
     straight_dir, killed_dir = tmp_path / "straight" / "clip", tmp_path / "killed" / "clip"
     straight = run_contrastive_stage(recipe, stage, cfg, data, straight_dir, resume=False, checkpoint_every=2)
     assert straight is not None and straight["resumed_from"] is None
@@ -97,10 +99,11 @@ def test_contrastive_stage_resumes_mid_epoch_with_the_uninterrupted_losses_and_w
 def test_resume_refuses_a_checkpoint_from_other_settings_and_fresh_runs_ignore_it(tmp_path):
     cfg = _cfg()
     out = tmp_path / "clip"
-    first = train_clip(cfg, out, data_dir=tmp_path, epochs=1, batch_size=4, lr=3e-3, evaluate=False,
+    pairs, _ = clip_pairs(cfg, tmp_path)
+    first = train_clip(cfg, out, pairs, epochs=1, batch_size=4, lr=3e-3, evaluate=False,
                        stop_after_steps=2)
     assert first["interrupted"] and (out / "checkpoints" / "last.ckpt").exists()
     with pytest.raises(PathkitError, match="other settings"):
-        train_clip(cfg, out, data_dir=tmp_path, epochs=1, batch_size=4, lr=1e-3, evaluate=False, resume=True)
-    fresh = train_clip(cfg, out, data_dir=tmp_path, epochs=1, batch_size=4, lr=1e-3, evaluate=False)
+        train_clip(cfg, out, pairs, epochs=1, batch_size=4, lr=1e-3, evaluate=False, resume=True)
+    fresh = train_clip(cfg, out, pairs, epochs=1, batch_size=4, lr=1e-3, evaluate=False)
     assert fresh["resumed_from"] is None and fresh["steps"] == 4

@@ -14,10 +14,9 @@ from pathkit.train.data import (
     IGNORE_INDEX,
     ConversationDataset,
     LengthGroupedBatchSampler,
-    caption_records,
     pad_collate,
-    read_llava_json,
 )
+from pathkit.train.records import BadRecordsError, read_training_file, stage_view
 from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
 
 
@@ -55,7 +54,9 @@ def test_collator_pads_dynamically_and_masks_all_but_answers(tokenizer):
 
 
 def test_plain_template_supervises_only_the_caption(tokenizer):
-    recs = caption_records([{"id": "t", "image": "x.png", "caption": "Sheets of atypical cells."}], "captions")
+    recs = stage_view([{"id": "t", "image": "x.png", "conversations": _conv("<image>\nDescribe it.",
+                                                                            "Sheets of atypical cells.")}],
+                      "captions")
     assert recs[0]["conversations"][0]["value"].strip() == "<image>"
     ds = ConversationDataset(recs, tokenizer, "plain", max_length=64, load_image=lambda p: torch.zeros(3, 8, 8))
     item = ds[0]
@@ -69,8 +70,8 @@ def test_plain_template_supervises_only_the_caption(tokenizer):
 def test_bad_records_name_the_record_and_field(tmp_path, tokenizer):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"id": "ok", "conversations": _conv("q", "a")}, {"id": "x", "image": "a.png"}]))
-    with pytest.raises(PathkitError, match=r"bad.json: record 1: missing field 'conversations'"):
-        read_llava_json(path)
+    with pytest.raises(BadRecordsError, match=r"bad.json: 1 bad record \(first: #1 id=x: conversations"):
+        read_training_file(path)
     ds = ConversationDataset([{"id": "r7", "conversations": [{"from": "robot", "value": "hi"}]}], tokenizer,
                              "vicuna_v1", 64)
     with pytest.raises(PathkitError, match=r"record r7: .*'from'"):
@@ -134,3 +135,23 @@ def test_cosine_schedule_with_warmup():
     assert values[-1] == pytest.approx(0.1)
     assert values[50] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 47 / 97)))
     assert all(a >= b for a, b in zip(values[3:], values[4:]))  # monotone after warm-up
+
+
+def test_modality_grouping_keeps_images_and_text_apart_and_changes_nothing_for_one_modality():
+    lengths = np.random.default_rng(0).integers(5, 200, size=53).tolist()
+    modalities = [i % 5 != 0 for i in range(53)]  # every fifth record is text-only
+    mixed = LengthGroupedBatchSampler(lengths, 4, seed=1, modalities=modalities)
+    batches = list(mixed)
+    assert sorted(i for b in batches for i in b) == list(range(53)) and len(mixed) == len(batches)
+    assert all(len({modalities[i] for i in b}) == 1 for b in batches)  # never an image beside a text-only record
+    # one modality: exactly the batches of the plain length-grouped sampler (the tutorial's numerics stay put)
+    same = LengthGroupedBatchSampler(lengths, 4, seed=1, modalities=[True] * 53)
+    assert list(same) == list(LengthGroupedBatchSampler(lengths, 4, seed=1))
+
+
+def test_truncated_records_are_counted(tokenizer):
+    short = {"id": "s", "conversations": _conv("Is this tumor?", "yes")}
+    long = {"id": "l", "conversations": _conv("Describe it.", " ".join(["cells"] * 200))}
+    ds = ConversationDataset([short, long, long], tokenizer, "vicuna_v1", max_length=64)
+    assert ds.count_truncated() == 2
+    assert len(ds[1]["input_ids"]) == 64  # and training cuts them at max_length

@@ -8,6 +8,7 @@ from pathkit.config import Config
 from pathkit.io import read_json, read_jsonl
 from pathkit.train.recipes import DataSpec, Recipe, Stage
 from pathkit.train.runner import run_recipe
+from pathkit.workdir import tutorial_data
 
 
 def _recipe() -> Recipe:
@@ -21,19 +22,19 @@ def _recipe() -> Recipe:
 @pytest.mark.slow
 def test_resume_mid_epoch_gives_the_uninterrupted_losses_and_weights(tmp_path):
     cfg = Config.from_name("tiny")
-    data = tmp_path / "data"
     recipe = _recipe()
-    straight = run_recipe(recipe, cfg, tmp_path / "straight", data_dir=data, evaluate=False)
+    data = tutorial_data(recipe, cfg, tmp_path / "data")["train"]
+    straight = run_recipe(recipe, cfg, tmp_path / "straight", data)
     assert "interrupted" not in straight
     expected = read_jsonl(tmp_path / "straight" / "instruct" / "losses.jsonl")
     assert [r["step"] for r in expected] == list(range(6))
 
     out = tmp_path / "killed"
-    first = run_recipe(recipe, cfg, out, data_dir=data, evaluate=False, stop_after_steps=2)
+    first = run_recipe(recipe, cfg, out, data, stop_after_steps=2)
     assert first["interrupted"] == {"stage": "instruct", "after_steps": 2}
     assert (out / "instruct" / "checkpoints" / "last.ckpt").exists()
     assert not (out / "instruct" / "model").exists()
-    second = run_recipe(recipe, cfg, out, data_dir=data, evaluate=False)
+    second = run_recipe(recipe, cfg, out, data)
     assert second["stages"]["instruct"]["resumed_from"].endswith("last.ckpt")
     resumed = read_jsonl(out / "instruct" / "losses.jsonl")
     assert [r["step"] for r in resumed] == list(range(6))
@@ -52,6 +53,6 @@ def test_resume_mid_epoch_gives_the_uninterrupted_losses_and_weights(tmp_path):
     for k in w1:
         assert (w1[k] - w2[k]).abs().max().item() < 1e-5, k
     # a finished stage is reused, not retrained
-    third = run_recipe(recipe, cfg, out, data_dir=data, evaluate=False)
+    third = run_recipe(recipe, cfg, out, data)
     assert third["stages"]["instruct"].get("reused") is True
     assert read_json(out / "summary.json")["stages"]["instruct"]["reused"] is True

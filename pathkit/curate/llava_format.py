@@ -6,6 +6,11 @@ feature file, or absent for text-only records; extra keys are kept. What LLaVA's
 turns alternate human/gpt starting with human and end with gpt, values are strings, and the number of
 ``<image>`` tokens in the human turns equals the number of images (0 for text-only records).
 
+Files: :func:`iter_llava_file` streams the records of a JSON list (an incremental parser: a file of a million
+records never sits in memory as one text) or of JSONL (one record a line); :func:`check_llava_file` checks every
+record and, with ``check_files``, that its images exist and open and that its slide feature files agree in width,
+giving one :class:`BadRecord` per problem (``train.json: #17 id=abc: image 'x.png' not found under DIR``).
+
 Converters: :func:`narratives_to_llava` (localized narratives JSONL rows -> description records with boxes,
 Quilt-LLaVA-Pretrain style) and :func:`tiles_to_llava` (synthetic tile ``metadata.jsonl`` rows -> caption
 records), both with deterministic instruction phrasings in the PA-LLaVA way (a random prompt per record,
@@ -14,12 +19,15 @@ records), both with deterministic instruction phrasings in the PA-LLaVA way (a r
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pathkit.io import PathkitError, read_json
+from pathkit.io import PathkitError
+from pathkit.wsi.features import FEATURE_SUFFIXES  # an ``image`` with one of these is a slide feature file
 
 IMAGE_TOKEN = "<image>"
 DESCRIBE_PROMPTS = (
@@ -69,6 +77,8 @@ def _record_problem(rec: Any) -> str | None:
         return f"conversations[{len(turns) - 1}]: the last turn must be from gpt"
     if n_tokens != n_images:
         return f"conversations: {n_tokens} {IMAGE_TOKEN} token(s) for {n_images} image(s)"
+    if n_images and IMAGE_TOKEN not in turns[0]["value"]:
+        return f"conversations[0].value: an image record's first human turn has no {IMAGE_TOKEN}"
     return None
 
 
@@ -99,8 +109,235 @@ def validate_llava(records: Any, source: str = "<records>", errors: list[str] | 
 
 
 def validate_llava_file(path: str | Path, errors: list[str] | None = None) -> int:
-    """:func:`validate_llava` on a JSON file (a JSON parse error names line and column)."""
-    return validate_llava(read_json(path), str(path), errors)
+    """:func:`validate_llava` on a LLaVA JSON list or JSONL file, streamed (a parse error names line and column)."""
+    path = Path(path)
+    seen: dict[Any, int] = {}
+    valid = 0
+    for i, rec in iter_llava_file(path):
+        problem = _record_problem(rec)
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        if problem is None and rid in seen:
+            problem = f"id: duplicate of record {seen[rid]}"
+        if problem is not None:
+            msg = f"{path}: record {i} (id={rid!r}): {problem}"
+            if errors is None:
+                raise PathkitError(msg)
+            errors.append(msg)
+            continue
+        seen[rid] = i
+        valid += 1
+    return valid
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+
+
+def iter_llava_file(path: str | Path, chunk_size: int = 1 << 20) -> Iterator[tuple[int, Any]]:
+    """``(index, record)`` for each record of a LLaVA JSON list or a JSONL file, without loading the whole file.
+
+    JSON is told from JSONL by its first character (``[`` = a list). The list is parsed one element at a time
+    with ``json.JSONDecoder.raw_decode`` over a sliding buffer, so memory holds one record and one chunk."""
+    path = Path(path)
+    if not path.is_file():
+        raise PathkitError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as fh:
+        head = fh.read(4096).lstrip("\ufeff \t\r\n")
+    if not head.startswith("["):
+        yield from _iter_jsonl_records(path)
+        return
+    yield from _iter_json_list(path, chunk_size)
+
+
+def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    index = 0
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PathkitError(f"{path}:{lineno}:{err.colno}: invalid JSON ({err.msg})") from err
+            yield index, rec
+            index += 1
+
+
+def _iter_json_list(path: Path, chunk_size: int) -> Iterator[tuple[int, Any]]:
+    decoder = json.JSONDecoder()
+    buf, consumed_lines, eof = "", 0, False  # consumed_lines: newlines in text already dropped from buf
+    index, pos, state = 0, 0, "start"  # start -> (value -> sep)* -> end
+
+    def fail(msg: str, at: int):
+        line = consumed_lines + buf.count("\n", 0, at) + 1
+        col = at - (buf.rfind("\n", 0, at) + 1) + 1
+        raise PathkitError(f"{path}:{line}:{col}: invalid JSON ({msg})")
+
+    with open(path, encoding="utf-8") as fh:
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n\ufeff":
+                pos += 1
+            if pos >= len(buf) or (state == "value" and not eof and len(buf) - pos < chunk_size):
+                more = "" if eof else fh.read(chunk_size)
+                eof = eof or not more
+                consumed_lines += buf.count("\n", 0, pos)
+                buf, pos = buf[pos:] + more, 0
+                if not more and not buf:
+                    if state != "end":
+                        fail("unexpected end of file", 0)
+                    return
+                if more:
+                    continue
+            ch = buf[pos]
+            if state == "start":
+                if ch != "[":
+                    fail("expected '['", pos)
+                pos, state = pos + 1, "first"
+            elif state in ("first", "value"):
+                if state == "first" and ch == "]":
+                    pos, state = pos + 1, "end"
+                    continue
+                try:
+                    rec, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as err:
+                    if not eof:  # the record may continue past the buffer: read more and retry
+                        more = fh.read(chunk_size)
+                        eof = not more
+                        buf += more
+                        continue
+                    fail(err.msg, err.pos)
+                yield index, rec
+                index, pos, state = index + 1, end, "sep"
+            elif state == "sep":
+                if ch == ",":
+                    pos, state = pos + 1, "value"
+                elif ch == "]":
+                    pos, state = pos + 1, "end"
+                else:
+                    fail("expected ',' or ']'", pos)
+            else:
+                fail("extra data after the list", pos)
+
+
+# ------------------------------------------------------------------------------------------------ checking
+
+
+@dataclass
+class BadRecord:
+    """One problem of one record: where (file, index, id), which field, and what."""
+
+    file: str
+    index: int
+    id: Any
+    field: str
+    problem: str
+
+    def line(self) -> str:
+        return f"{Path(self.file).name}: #{self.index} id={self.id}: {self.problem}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "index": self.index, "id": self.id, "field": self.field,
+                "problem": self.problem}
+
+
+def image_paths(image: Any, base: Path) -> list[Path]:
+    """The paths of a record's ``image`` (a path, a list of paths, or absent), relative ones under ``base``."""
+    if image is None:
+        return []
+    items = image if isinstance(image, list) else [image]
+    return [p if p.is_absolute() else base / p for p in (Path(str(x)) for x in items)]
+
+
+def is_feature_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(FEATURE_SUFFIXES)
+
+
+def check_llava_file(path: str | Path, image_folder: str | Path | None = None, check_files: bool = True
+                     ) -> tuple[list[dict[str, Any]], list[BadRecord]]:
+    """Every record of a LLaVA file checked, streaming: ``(good records, problems)``.
+
+    A record is bad when it breaks the contract (:func:`validate_llava`'s rules: no ``conversations``, an image
+    record whose first human turn has no ``<image>``, ``<image>`` tokens that differ from its images, ...) or,
+    with ``check_files``, when an image is missing or does not open, or a slide feature file's width differs
+    from the first feature file's. Images resolve under ``image_folder`` (LLaVA's ``--image_folder``), else the
+    file's own folder; good records keep their relative paths (the trainer resolves them the same way)."""
+    path = Path(path)
+    base = Path(image_folder) if image_folder is not None else path.parent
+    where = f"under {base}"
+    good: list[dict[str, Any]] = []
+    bad: list[BadRecord] = []
+    seen: dict[Any, int] = {}
+    width: tuple[int, str] | None = None  # (feature width, the file that set it)
+    for i, rec in iter_llava_file(path):
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        problem = _record_problem(rec)
+        if problem is None and rid in seen:
+            problem = f"id: duplicate of record #{seen[rid]}"
+        if problem is None and check_files:
+            for p in image_paths(rec.get("image"), base):
+                rel = p.relative_to(base) if p.is_relative_to(base) else p
+                if not p.is_file():
+                    problem = f"image '{rel}' not found {where}"
+                elif is_feature_file(p):
+                    try:
+                        d = feature_width(p)
+                    except PathkitError as err:
+                        problem = f"image '{rel}' unreadable feature file ({str(err).split(': ', 1)[-1]})"
+                    else:
+                        if width is None:
+                            width = (d, str(rel))
+                        elif d != width[0]:
+                            problem = f"image '{rel}' has {d} features per tile, '{width[1]}' has {width[0]}"
+                else:
+                    problem = _image_problem(p, rel)
+                if problem:
+                    break
+        if problem is not None:
+            field = problem.split(":", 1)[0].split(" ", 1)[0]
+            bad.append(BadRecord(str(path), i, rid, field, problem))
+            continue
+        seen[rid] = i
+        good.append(rec)
+    return good, bad
+
+
+def _image_problem(path: Path, rel: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as err:  # PIL raises many types for a broken file: each means "does not open"
+        return f"image '{rel}' unreadable ({type(err).__name__})"
+    return None
+
+
+def feature_width(path: str | Path) -> int:
+    """Features per tile of a slide feature file (HDF5 read from its header; other formats read whole)."""
+    path = Path(path)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as fh:
+                if "features" not in fh:
+                    raise PathkitError(f"{path}: no 'features' dataset (a coords-only file)")
+                shape = fh["features"].shape
+        except OSError as err:
+            raise PathkitError(f"{path}: not an HDF5 file ({err})") from err
+        return int(shape[-1])
+    from pathkit.wsi.features import read_features
+
+    _, feats, _ = read_features(path)
+    if feats is None:
+        raise PathkitError(f"{path}: no features")
+    return int(feats.shape[-1])
+
+
+def bad_records_line(path: str | Path, bad: list[BadRecord]) -> str:
+    """The one-line summary: ``train.json: 3 bad records (first: #17 id=abc: image 'x.png' not found ...)``."""
+    first = bad[0]
+    return (f"{Path(path).name}: {len(bad)} bad record{'s' if len(bad) != 1 else ''} "
+            f"(first: #{first.index} id={first.id}: {first.problem})")
 
 
 def _instruction(rng: random.Random) -> str:

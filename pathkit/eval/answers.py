@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
+from pathkit.train.data import FeatureLoader
 from pathkit.wsi.features import FEATURE_SUFFIXES
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
@@ -41,22 +42,14 @@ def resolve_image(image: Any, base: Path) -> Path | None:
 
 def load_visual(path: Path | None) -> tuple[str, Any]:
     """``("image", PIL.Image)``, ``("slide", (features (N, D) float32, coords (N, 2) int64))`` or
-    ``("none", None)``."""
+    ``("none", None)``. Slide files without coordinates get :func:`pathkit.train.data.coords_or_grid`'s grid."""
     if path is None:
         return "none", None
     if not path.exists():
         raise PathkitError(f"{path}: image not found")
     if path.suffix.lower() in FEATURE_SUFFIXES:
-        import numpy as np
-        import torch
-
-        from pathkit.wsi.features import read_features
-
-        coords, feats, _ = read_features(path)
-        if feats is None:
-            raise PathkitError(f"{path}: no 'features' dataset (coords only); run pathkit extract first")
-        return "slide", (torch.as_tensor(np.asarray(feats), dtype=torch.float32),
-                         None if coords is None else torch.as_tensor(np.asarray(coords), dtype=torch.long))
+        loaded = FeatureLoader()(str(path))  # as training reads it: a file without coords gets a grid
+        return "slide", (loaded["features"], loaded["coords"])
     from PIL import Image
 
     try:
@@ -242,3 +235,32 @@ def answers_in_order(out_jsonl: str | Path, question_ids: Sequence[Any]) -> list
     """Answer texts in the order of ``question_ids`` ("" for a missing one)."""
     by_id = {str(r["question_id"]): r.get("text", "") for _, r in iter_jsonl(out_jsonl, strict=False)}
     return [by_id.get(str(q), "") for q in question_ids]
+
+
+# ------------------------------------------------------------------------------------------------ in memory
+
+
+def answer_questions(model: Any, questions: list[dict[str, Any]], cfg: Any, batch_size: int | None = None
+                     ) -> list[str]:
+    """Greedy answers of an in-memory ``model`` to questions whose ``image`` is an absolute image path or slide
+    feature file (or absent), in order: the same loading and ``model.answer`` calls as :func:`generate_answers`,
+    in chunks of ``cfg.eval.batch_size`` with ``cfg.eval.max_new_tokens``."""
+    import torch
+
+    batch_size = batch_size or cfg.eval.batch_size
+    model.eval()
+    answers: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            loaded = [load_visual(resolve_image(q.get("image"), Path("."))) for q in chunk]
+            out: list[str | None] = [None] * len(chunk)
+            for kind in ("image", "slide", "none"):  # one call per visual kind, answers put back in order
+                where = [i for i, (k, _) in enumerate(loaded) if k == kind]
+                if where:
+                    texts = _answer_batch(model, [str(chunk[i]["text"]) for i in where], [kind] * len(where),
+                                          [loaded[i][1] for i in where], cfg.eval.max_new_tokens)
+                    for i, text in zip(where, texts):
+                        out[i] = text
+            answers.extend(str(a) for a in out)
+    return answers

@@ -273,11 +273,12 @@ def ensure_eval_models(workdir: str | Path, cfg: Any, recipe: str = "quilt_llava
 
             from pathkit.train.recipes import get_recipe
             from pathkit.train.runner import run_recipe
+            from pathkit.workdir import tutorial_data
 
             rec = get_recipe(recipe, cfg.preset)
             rec = dataclasses.replace(rec, stages=tuple(dataclasses.replace(s, max_steps=max_steps)
                                                         for s in rec.stages))
-            run_recipe(rec, cfg, Path(workdir) / "train" / recipe, data_dir=workdir, evaluate=False)
+            run_recipe(rec, cfg, Path(workdir) / "train" / recipe, tutorial_data(rec, cfg, workdir)["train"])
             found = find_trained_models(workdir)
             if found:
                 return found, (f"no trained model in the workdir: trained {recipe} here for {max_steps} steps "

@@ -159,3 +159,26 @@ def score_files(answers_path: str | Path, questions_path: str | Path, out_path: 
     if out_path is not None:
         write_json(out_path, result)
     return result
+
+
+def summary_scores(questions: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
+    """The training summary's scores: closed_accuracy (yes/no + lettered, pathkit's rule), yes_no_accuracy,
+    choice_accuracy, open_recall, their counts, and the mean per category (or answer type)."""
+    per_cat: dict[str, list[float]] = {}
+    closed, yes_no, choice, opened = [], [], [], []
+    for q, a in zip(questions, answers):
+        if q["answer_type"].upper() == "CLOSED":
+            hit = float(M.closed_correct(a, q["answer"]))
+            closed.append(hit)
+            (yes_no if q["answer"].lower() in ("yes", "no") else choice).append(hit)
+        else:
+            hit = float(M.open_recall(a, q["answer"]))
+            opened.append(hit)
+        per_cat.setdefault(q.get("category") or q["answer_type"], []).append(hit)
+
+    def mean(values: list[float]) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {"closed_accuracy": mean(closed), "yes_no_accuracy": mean(yes_no), "choice_accuracy": mean(choice),
+            "open_recall": mean(opened), "n_closed": len(closed), "n_yes_no": len(yes_no), "n_open": len(opened),
+            "per_category": {k: mean(v) for k, v in sorted(per_cat.items())}}

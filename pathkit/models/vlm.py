@@ -400,6 +400,7 @@ class VisionLanguageModel(nn.Module):
         features = self.visual_tokens(images, slide_features, slide_coords)
         embeds, mask, labels, position_ids = self.splice(input_ids, attention_mask, labels, features,
                                                          max_length=self.cfg.llm.max_length)
+        self.last_tokens_seen = int(mask.sum()) if mask is not None else int(embeds.shape[0] * embeds.shape[1])
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels,
                        use_cache=False, **kwargs)
         return out, labels

@@ -1,10 +1,12 @@
 """A folder of synthetic tissue tiles with captions, LLaVA conversations and evaluation questions.
 
-Layout written by :func:`ensure_tile_dataset` (``done.json`` last, so a folder with it is complete)::
+Layout written by :func:`ensure_tile_dataset` (into a temporary folder renamed into place under a lock, with
+``done.json`` last, so a folder under its name is complete and never rebuilt while another run reads it)::
 
     root/images/<label>_<i>.png
     root/metadata.jsonl          {"id", "image", "label", "attributes", "caption", "split"}
     root/train_llava.json        LLaVA conversations of the train split (kind "caption" and kind "qa")
+    root/train_captions.json     one ``<image>`` -> caption record per training tile (captions/describe/pairs)
     root/heldout_llava.json      the same for the held-out split
     root/train_questions.jsonl   evaluation questions {"question_id", "image", "text", "answer",
     root/heldout_questions.jsonl  "answer_type", "category", "label"}
@@ -35,6 +37,7 @@ CAPTION_PROMPTS = (
     "Provide a brief caption for this image.",
 )
 _FILES = {"images": "images", "metadata": "metadata.jsonl", "train_llava": "train_llava.json",
+          "train_captions": "train_captions.json",
           "heldout_llava": "heldout_llava.json", "train_questions": "train_questions.jsonl",
           "heldout_questions": "heldout_questions.jsonl", "done": "done.json"}
 
@@ -103,7 +106,7 @@ def half_with_mitoses(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _build_params(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
     return {"seed": int(seed), "tile_size": cfg.tile_size, "tiles_per_class": cfg.tiles_per_class,
-            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 5}
+            "heldout_fraction": cfg.heldout_fraction, "classes": list(CLASSES), "version": 6}
 
 
 def _is_complete(ds: TileDataset, params: dict[str, Any]) -> bool:
@@ -171,28 +174,39 @@ def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0, p
                         workers: int | None = None) -> TileDataset:
     """Build the tile folder under ``root``, or reuse it when ``done.json`` says it is complete.
 
-    A folder without ``done.json`` (an interrupted build) or built with other parameters is wiped and
-    rebuilt. ``cfg.tiles_per_class`` tiles of each class in ``CLASSES`` at ``cfg.tile_size`` px.
-    ``workers``: processes that paint tiles (default: 1 below 2,000 tiles, else every CPU); the files are
-    identical whatever the number.
+    The build holds a lock beside ``root`` and writes a temporary folder that is renamed onto ``root`` when
+    complete: runs that share ``root`` build it once, and a reader never sees a half-built folder. A folder
+    built with other parameters is replaced (callers that vary the seed or sizes give each set its own
+    ``root``, as :func:`pathkit.workdir.tile_root` does). ``cfg.tiles_per_class`` tiles of each class in
+    ``CLASSES`` at ``cfg.tile_size`` px. ``workers``: processes that paint tiles (default: 1 below 2,000 tiles,
+    else every CPU); the files are identical whatever the number.
     """
     import os
-    from concurrent.futures import ProcessPoolExecutor
 
-    from tqdm.auto import tqdm
+    from pathkit.io import folder_lock, replace_folder
 
     ds = TileDataset.at(root)
     params = _build_params(cfg, seed)
     if _is_complete(ds, params):
         return ds
-    for key, name in _FILES.items():  # stale or partial: start clean (only our own files)
-        target = ds.root / name
-        if key == "images" and target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    ds.paths["images"].mkdir(parents=True, exist_ok=True)
+    with folder_lock(ds.root):
+        if _is_complete(ds, params):  # another run built it while this one waited
+            return ds
+        tmp = ds.root.parent / f".{ds.root.name}.build-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _build_tiles(TileDataset.at(tmp), cfg, params, seed, progress, workers)
+        replace_folder(tmp, ds.root)
+    return ds
 
+
+def _build_tiles(ds: TileDataset, cfg: SyntheticConfig, params: dict[str, Any], seed: int, progress: bool,
+                 workers: int | None) -> None:
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    ds.paths["images"].mkdir(parents=True, exist_ok=True)
     n_train, n_heldout = split_sizes(cfg.tiles_per_class, cfg.heldout_fraction)
     with_mitoses = {split: half_with_mitoses(n, np.random.default_rng([seed, 99, k]))
                     for k, (split, n) in enumerate((("train", n_train), ("heldout", n_heldout)))}
@@ -233,6 +247,9 @@ def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0, p
     for split in ("train", "heldout"):
         write_json(ds.paths[f"{split}_llava"], llava[split], indent=1)
         write_jsonl(ds.paths[f"{split}_questions"], questions[split])
+    captions = [{"id": r["id"], "image": r["image"], "label": r["label"],
+                 "conversations": [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": r["caption"]}]}
+                for r in metadata if r["split"] == "train"]
+    write_json(ds.paths["train_captions"], captions, indent=1)
     write_json(ds.paths["done"], {**params, "tiles": len(metadata), "train_per_class": n_train,
                                   "heldout_per_class": n_heldout})
-    return ds

@@ -3,10 +3,10 @@
 PA-LLaVA stage 1 (its pathology CLIP) trains on image-caption pairs; WSI-LLaVA stage 1 aligns a slide encoder with
 reports. Both are :func:`train_clip`:
 
-    from pathkit.train.contrastive import train_clip, ensure_clip
-    summary = train_clip(cfg, out_dir, source="tiles", data_dir=workdir)      # image tower cfg.encoder
-    summary = train_clip(cfg, out_dir, source="slides", data_dir=workdir)     # LongNet over tile features
-    model = ensure_clip(workdir, cfg, seed)   # notebooks: reuse workdir/clip/model, else train it there
+    from pathkit.train.contrastive import train_clip
+    summary = train_clip(cfg, out_dir, pairs)                   # image tower cfg.encoder, pairs: LLaVA records
+    summary = train_clip(cfg, out_dir, pairs, source="slides")  # LongNet over slide feature files
+    pairs, heldout = pathkit.workdir.clip_pairs(cfg, workdir)    # the tutorial's synthetic pairs
 
 ``train_clip`` writes ``out_dir/model/`` (:meth:`PathologyCLIP.save_pretrained`: ``image_encoder/`` loadable by
 ``load_encoder``, or ``slide_encoder/`` + ``slide_encoder.pt`` for slides; ``text_encoder/``; heads),
@@ -38,26 +38,20 @@ from torch.utils.data import DataLoader, Dataset
 from pathkit.io import PathkitError, write_json, write_jsonl
 from pathkit.models.clip import PathologyCLIP, build_clip, retrieval_metrics
 from pathkit.train.checkpointing import LastCheckpoint
-from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader
+from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader, coords_or_grid
 from pathkit.train.schedule import cosine_with_warmup, optimizer_steps, warmup_steps_for
 
 # ------------------------------------------------------------------------------------------------------- data
 
 
-def tile_class_prompts(classes: Sequence[str] | None = None) -> dict[str, list[str]]:
+def tile_class_prompts(classes: Sequence[str]) -> dict[str, list[str]]:
     """Zero-shot prompts per tissue class (prompt ensembling, as CLIP does)."""
-    if classes is None:
-        from pathkit.synthetic.tissue import CLASSES as classes
     templates = ("an H&E image of {}.", "a histopathology image showing {}.", "a tissue tile of {}.")
     return {c: [t.format(c) for t in templates] for c in classes}
 
 
-def slide_class_prompts(diagnoses: Sequence[str] | None = None) -> dict[str, list[str]]:
+def slide_class_prompts(diagnoses: Sequence[str]) -> dict[str, list[str]]:
     """Zero-shot prompts per slide diagnosis."""
-    if diagnoses is None:
-        from pathkit.synthetic.slides import DIAGNOSES
-
-        diagnoses = list(DIAGNOSES)
     templates = ("a whole-slide image of {}.", "the diagnosis is {}.", "histopathology consistent with {}.")
     return {d: [t.format(d) for t in templates] for d in diagnoses}
 
@@ -78,9 +72,11 @@ class TileCaptionDataset(Dataset):
 
     @classmethod
     def from_folder(cls, root: str | Path, preprocess, split: str | None = "train") -> TileCaptionDataset:
-        from pathkit.synthetic.tiles import TileDataset
+        """The pairs of a tile folder's ``metadata.jsonl`` (one split, or all)."""
+        from pathkit.io import read_jsonl
 
-        return cls(TileDataset.at(root).metadata(split), root, preprocess)
+        rows = [r for r in read_jsonl(Path(root) / "metadata.jsonl") if split is None or r.get("split") == split]
+        return cls(rows, root, preprocess)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -131,10 +127,12 @@ class SlideReportDataset(Dataset):
         if index not in self._cache:
             from pathkit.wsi.features import read_features
 
-            coords, feats, _ = read_features(rec["features"])
+            coords, feats, attrs = read_features(rec["features"])
             if feats is None:
                 raise PathkitError(f"{rec['features']}: no 'features' dataset (a coords-only file)")
-            self._cache[index] = (torch.from_numpy(feats), torch.from_numpy(coords).float())
+            coords = coords_or_grid(coords, len(feats), attrs)
+            self._cache[index] = (torch.as_tensor(np.asarray(feats), dtype=torch.float32),
+                                  torch.from_numpy(coords).float())
         feats, coords = self._cache[index]
         return {"features": feats, "coords": coords, "text": rec["report"], "label": rec["diagnosis"]}
 
@@ -286,10 +284,10 @@ class ContrastiveModule(L.LightningModule):
         """Once per optimiser step (before callbacks' ``on_train_batch_end``, so checkpoints hold the row)."""
         now = time.perf_counter()
         sps = self._acc_n / max(now - (self._t_last or now), 1e-9)
-        self.log("train/samples_per_sec", sps, batch_size=max(1, self._acc_n))
+        self.log("train/samples_per_s", sps, batch_size=max(1, self._acc_n))
         lr = optimizer.param_groups[0]["lr"]
         self.history.append({"step": int(self.global_step), **getattr(self, "_last", {}),
-                             "n": self._acc_n, "samples_per_sec": sps, "lr": lr})
+                             "n": self._acc_n, "samples_per_s": sps, "lr": lr})
         self._acc_n, self._t_last = 0, now
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -341,6 +339,11 @@ def evaluate_clip(model: PathologyCLIP, dataset: Dataset, collate, class_prompts
         texts += batch["texts"]
     img, txt = torch.cat(imgs), torch.cat(txts)
     metrics = retrieval_metrics(img, txt, (1, 5), positives_from_texts(texts, img.device))
+    metrics["retrieval_chance_r1"] = 1.0 / len(texts)
+    metrics["n"] = len(texts)
+    if not class_prompts:  # unlabelled pairs: no zero-shot classes
+        model.train(was_training)
+        return metrics
     names, cls = model.class_embeddings(class_prompts)
     pred = (img @ cls.t()).argmax(dim=-1).tolist()
     metrics["zero_shot_accuracy"] = float(np.mean([names[p] == y for p, y in zip(pred, labels)]))
@@ -364,26 +367,29 @@ def _to_device(images, device):
 # ------------------------------------------------------------------------------------------------------- runs
 
 
-def clip_data(cfg, source: str, data_dir: str | Path, preprocess=None, seed: int = 0
-              ) -> tuple[Dataset, Dataset, Any, dict[str, list[str]]]:
-    """(train set, held-out set, collate, class prompts) for ``source`` = ``tiles`` or ``slides``, built under
-    ``data_dir`` (the notebooks' workdir layout) when missing."""
-    data_dir = Path(data_dir)
+def pairs_data(source: str, pairs: list[dict[str, Any]], preprocess=None,
+               heldout_pairs: list[dict[str, Any]] | None = None
+               ) -> tuple[Dataset, Dataset, Any, dict[str, list[str]]]:
+    """(train set, evaluation set, collate, class prompts) from LLaVA records in their ``pairs`` view (``image``
+    an absolute image or slide feature path, the first ``gpt`` turn the text, ``label`` the class when known).
+    Without ``heldout_pairs`` retrieval and zero-shot are measured on the training pairs."""
+    def dataset(records: list[dict[str, Any]]) -> Dataset:
+        texts = [r["conversations"][1]["value"] for r in records]
+        if source == "tiles":
+            return TileCaptionDataset([{"image": r["image"], "caption": t, "label": str(r.get("label", ""))}
+                                       for r, t in zip(records, texts)], Path("/"), preprocess)
+        return SlideReportDataset([{"features": r["image"], "report": t, "diagnosis": str(r.get("label", ""))}
+                                   for r, t in zip(records, texts)])
+
+    if source not in ("tiles", "slides"):
+        raise PathkitError(f"train_clip: source={source!r}: must be tiles or slides")
+    everything = pairs + (heldout_pairs or [])
+    labels = sorted({str(r["label"]) for r in everything if r.get("label") is not None})
+    train = dataset(pairs)
+    held = dataset(heldout_pairs) if heldout_pairs else train
     if source == "tiles":
-        from pathkit.synthetic.tiles import ensure_tile_dataset
-
-        ds = ensure_tile_dataset(data_dir / "synthetic" / "tiles", cfg.synthetic, seed)
-        train = TileCaptionDataset(ds.metadata("train"), ds.root, preprocess)
-        held = TileCaptionDataset(ds.metadata("heldout"), ds.root, preprocess)
-        return train, held, collate_tiles, tile_class_prompts(sorted({r["label"] for r in ds.metadata()}))
-    if source == "slides":
-        from pathkit.wsi.pipeline import ensure_wsi_features
-
-        records = ensure_wsi_features(data_dir, cfg, seed)
-        # every slide trains (few slides at the tiny preset); retrieval/zero-shot are reported on them too
-        ds = SlideReportDataset(records)
-        return ds, ds, collate_slides, slide_class_prompts(sorted({r["diagnosis"] for r in records}))
-    raise PathkitError(f"train_clip: source={source!r}: must be tiles or slides")
+        return train, held, collate_tiles, tile_class_prompts(labels)
+    return train, held, collate_slides, slide_class_prompts(labels)
 
 
 def _run_key(cfg, **settings: Any) -> str:
@@ -413,8 +419,8 @@ def clip_trainer(cfg, out_dir: str | Path, *, epochs: int, max_steps: int = -1, 
                      log_every_n_steps=1, num_sanity_val_steps=0, use_distributed_sampler=False)
 
 
-def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str | Path | None = None,
-               vision: str | None = None, epochs: int = 1, batch_size: int = 16, lr: float = 1e-3,
+def train_clip(cfg, out_dir: str | Path, pairs: list[dict[str, Any]], *, source: str = "tiles",
+               heldout_pairs: list[dict[str, Any]] | None = None, vision: str | None = None, epochs: int = 1, batch_size: int = 16, lr: float = 1e-3,
                weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), warmup_ratio: float = 0.1,
                min_lr: float = 0.0, grad_accum: int = 1, grad_clip: float = 1.0, max_steps: int = -1,
                itm_weight: float | None = None, freeze: Sequence[str] = (), seed: int | None = None,
@@ -428,8 +434,11 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
             heads: ``cfg.clip``; trainer: ``cfg.train`` accelerator/precision).
         out_dir: output folder (``model/``, ``losses.jsonl``, ``logs/``, ``checkpoints/last.ckpt``,
             ``metrics.json``).
+        pairs: LLaVA records in their ``pairs`` view (``image`` an absolute image or slide feature path, the first
+            ``gpt`` turn the text, ``label`` the class for zero-shot scores); :func:`pathkit.workdir.clip_pairs`
+            gives the tutorial's.
         source: ``tiles`` (image-caption pairs) or ``slides`` (slide features + reports).
-        data_dir: where the synthetic data lives or is built (a notebook workdir); default ``out_dir``.
+        heldout_pairs: where retrieval and zero-shot are measured (default: ``pairs``).
         vision: image tower: ``image`` (default for tiles), ``longnet`` (default for slides) or ``mean``.
         epochs, batch_size, lr, weight_decay, betas, warmup_ratio, min_lr, grad_accum, grad_clip: the optimiser
             settings, as a recipe's contrastive :class:`~pathkit.train.recipes.Stage` carries them
@@ -451,8 +460,8 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
         before_threads = torch.get_num_threads()
         torch.set_num_threads(num_threads)
         try:
-            return train_clip(cfg, out_dir, source=source, data_dir=data_dir, vision=vision, epochs=epochs,
-                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
+            return train_clip(cfg, out_dir, pairs, source=source, heldout_pairs=heldout_pairs, vision=vision,
+                              epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, betas=betas,
                               warmup_ratio=warmup_ratio, min_lr=min_lr, grad_accum=grad_accum,
                               grad_clip=grad_clip, max_steps=max_steps, itm_weight=itm_weight, freeze=freeze,
                               seed=seed, progress=progress, evaluate=evaluate, resume=resume,
@@ -464,7 +473,7 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
     L.seed_everything(seed, workers=True, verbose=False)
     vision = vision or ("image" if source == "tiles" else "longnet")
     model = build_clip(cfg, vision=vision)
-    train_set, held_set, collate, prompts = clip_data(cfg, source, data_dir or out_dir, model.preprocess, seed)
+    train_set, held_set, collate, prompts = pairs_data(source, pairs, model.preprocess, heldout_pairs)
     itm_weight = cfg.clip.itm_weight if itm_weight is None else itm_weight
     betas = (float(betas[0]), float(betas[1]))
     dm = PairDataModule(train_set, batch_size, collate, seed=seed, num_workers=0)
@@ -497,19 +506,9 @@ def train_clip(cfg, out_dir: str | Path, *, source: str = "tiles", data_dir: str
     model.save_pretrained(out_dir / "model")
     seen = sum(h["n"] for h in module.history[module.resumed_rows:])  # samples trained in this call
     summary = {"source": source, "vision": vision, "steps": len(module.history), "epochs": epochs,
-               "batch_size": batch_size, "seconds": seconds, "samples_per_sec": seen / max(seconds, 1e-9),
+               "batch_size": batch_size, "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9),
                "final_loss": module.history[-1]["loss"] if module.history else None,
                "temperature": model.temperature, "before": before, "after": after,
                "model": str(out_dir / "model"), "resumed_from": str(resume_from) if resume_from else None}
     write_json(out_dir / "metrics.json", summary)
     return summary
-
-
-def ensure_clip(workdir: str | Path, cfg, seed: int = 0, source: str = "tiles", progress: bool = False,
-                **train_kwargs: Any) -> PathologyCLIP:
-    """The CLIP under ``workdir/clip`` (``workdir/clip_slides`` for slides): loaded when complete
-    (``metrics.json`` present), else trained there on the workdir's synthetic data first."""
-    out_dir = Path(workdir) / ("clip" if source == "tiles" else "clip_slides")
-    if not ((out_dir / "metrics.json").is_file() and (out_dir / "model" / "clip_config.json").is_file()):
-        train_clip(cfg, out_dir, source=source, data_dir=workdir, seed=seed, progress=progress, **train_kwargs)
-    return PathologyCLIP.from_pretrained(out_dir / "model")

@@ -25,18 +25,18 @@ def clip_settings(stage: Stage) -> dict[str, Any]:
             "max_steps": stage.max_steps}
 
 
-def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, data_dir: Path, stage_dir: Path, resume: bool = True,
-                          progress: bool = False, checkpoint_every: int = 20, stop_after_steps: int | None = None
-                          ) -> dict[str, Any] | None:
-    """Train the stage (continuing from ``stage_dir/checkpoints/last.ckpt`` when ``resume``); returns the stage
-    summary, or None when ``stop_after_steps`` stopped it early (the runner's contract for an interrupted stage)."""
+def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, records: list[dict[str, Any]], stage_dir: Path,
+                          resume: bool = True,
+                          progress: bool = False, checkpoint_every: int = 20, stop_after_steps: int | None = None,
+                          heldout: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Train the stage on ``records`` (its ``pairs`` view: image or slide feature file, and the text), continuing
+    from ``stage_dir/checkpoints/last.ckpt`` when ``resume``; returns the stage summary, or None when
+    ``stop_after_steps`` stopped it early (the runner's contract for an interrupted stage). Retrieval and
+    zero-shot scores (``label`` of the records) are measured on ``heldout`` (default: the training pairs)."""
     from pathkit.train.contrastive import train_clip
 
-    source = stage.data.source
+    source = "slides" if recipe.vision == "slide" else "tiles"
     if source == "slides":
-        from pathkit.train.slide_data import slide_data_root
-
-        data_dir = slide_data_root(cfg, data_dir)
         vision = "longnet" if stage.trainable.get("slide_encoder") else "mean"
     else:
         vision = "image"
@@ -44,8 +44,8 @@ def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, data_dir: Path, sta
                                          ("text", "text")) if not stage.trainable.get(part, False)]
     if stage.max_length:
         cfg = cfg.override({"text_encoder.max_length": stage.max_length})
-    metrics = train_clip(cfg, stage_dir, source=source, data_dir=data_dir, vision=vision, **clip_settings(stage),
-                         freeze=freeze, seed=cfg.seed, progress=progress, resume=resume,
+    metrics = train_clip(cfg, stage_dir, records, source=source, heldout_pairs=heldout, vision=vision,
+                         **clip_settings(stage), freeze=freeze, seed=cfg.seed, progress=progress, resume=resume,
                          checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps)
     if metrics.get("interrupted"):
         return None
@@ -54,7 +54,7 @@ def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, data_dir: Path, sta
     summary = {
         "stage": stage.name, "kind": stage.kind, "trainable": stage.trainable_parts, "steps": metrics.get("steps"),
         "first_train_loss": losses[0].get("loss") if losses else None,
-        "final_train_loss": metrics.get("final_loss"), "samples_per_s": metrics.get("samples_per_sec"),
+        "final_train_loss": metrics.get("final_loss"), "samples_per_s": metrics.get("samples_per_s"),
         "seconds": round(float(metrics.get("seconds", 0.0)), 2), "vision": vision,
         "retrieval_before": before, "retrieval_after": after, "resumed_from": metrics.get("resumed_from"),
     }

@@ -2,9 +2,7 @@
 
 Pieces, in the order data flows:
 
-* record builders turn a dataset folder into LLaVA records for a stage's ``DataSpec.format``:
-  ``captions`` (``<image>`` + caption, LLaVA's ``plain`` pre-training), ``describe`` (a captioning instruction
-  answered by the caption, PA-LLaVA's ``dataformat.py``), ``instruct`` (the instruction conversations as they are);
+* a stage's records come from its training file (:mod:`pathkit.train.records`: validated, in the stage's view);
 * :class:`ConversationDataset` tokenizes a record with the chat template's label mask
   (``pathkit.models.conversation.tokenize_conversation``) and loads its visual input: an image through the
   encoder's preprocessing, or a slide feature file (HDF5 contract) as ``(N, D)`` features and ``(N, 2)`` coords;
@@ -19,108 +17,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pathkit.io import PathkitError, iter_jsonl, read_json
+from pathkit.curate.llava_format import is_feature_file
+from pathkit.io import PathkitError
+from pathkit.models.connectors import tile_image
+from pathkit.models.encoders import load_encoder
+from pathkit.wsi.features import read_features
 
 IGNORE_INDEX = -100
-
-# PA-LLaVA's dataformat.py draws one of 21 captioning prompts (pt_prompt.txt) per pair; a few of the same kind.
-DESCRIBE_PROMPTS = (
-    "Describe the histopathology image in detail.",
-    "What does this pathology image show?",
-    "Provide a description of the tissue in the image.",
-    "Summarize the morphological findings in this image.",
-    "Write a caption for this pathology image.",
-    "Explain what is visible in this microscopy image.",
-)
-
-
-# ------------------------------------------------------------------------------------------ record builders
-
-
-def caption_records(rows: Sequence[dict[str, Any]], fmt: str, text_key: str = "caption",
-                    visual_key: str = "image") -> list[dict[str, Any]]:
-    """LLaVA records from (visual, text) rows: ``captions`` (bare ``<image>``) or ``describe`` (an instruction)."""
-    records = []
-    for i, row in enumerate(rows):
-        if fmt == "captions":
-            question = "<image>\n"
-        elif fmt == "describe":
-            prompt = DESCRIBE_PROMPTS[i % len(DESCRIBE_PROMPTS)]
-            question = f"<image>\n{prompt}" if i % 2 == 0 else f"{prompt}\n<image>"  # PA-LLaVA: either side
-        else:
-            raise PathkitError(f"caption_records: format {fmt!r} must be captions or describe")
-        records.append({"id": str(row.get("id", i)), visual_key: row[visual_key],
-                        "conversations": [{"from": "human", "value": question},
-                                          {"from": "gpt", "value": row[text_key]}]})
-    return records
-
-
-def closed_question_records(rows: Sequence[dict[str, Any]], per_image: int, seed: int = 0
-                            ) -> list[dict[str, Any]]:
-    """Single-turn closed questions about labelled images, from the synthetic data's own question generator.
-
-    For each row (``image``, ``label``, ``attributes``) ``per_image`` questions alternate a yes/no question about the
-    true class or another one (balanced) and a lettered choice with freshly drawn options."""
-    from pathkit.synthetic.text import choice_question, questions_for
-
-    out = []
-    for i, row in enumerate(rows):
-        rng = np.random.default_rng([seed, 7, i])
-        for k in range(per_image):
-            if k % 2 == 0:
-                q = questions_for(row["label"], row.get("attributes", {}), rng, yes=(k // 2 + i) % 2 == 0)[0]
-            else:
-                q = choice_question(row["label"], rng)
-            out.append({"id": f"{row.get('id', i)}_closed_{k}", "image": row["image"], "label": row["label"],
-                        "kind": "closed", "conversations": [{"from": "human", "value": f"<image>\n{q['text']}"},
-                                                            {"from": "gpt", "value": q["answer"]}]})
-    return out
-
-
-def read_llava_json(path: str | Path, root: str | Path | None = None) -> list[dict[str, Any]]:
-    """LLaVA JSON records with ``image`` paths made absolute (relative to ``root`` or the file's folder)."""
-    path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise PathkitError(f"{path}: LLaVA JSON must be a list of records, got {type(data).__name__}")
-    base = Path(root) if root is not None else path.parent
-    out = []
-    for i, rec in enumerate(data):
-        if not isinstance(rec, dict) or "conversations" not in rec:
-            raise PathkitError(f"{path}: record {i}: missing field 'conversations'")
-        rec = dict(rec)
-        if rec.get("image") is not None:
-            rec["image"] = _resolve(rec["image"], base)
-        out.append(rec)
-    return out
-
-
-def read_metadata(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a ``metadata.jsonl`` (image paths made absolute), optionally one split."""
-    path = Path(path)
-    rows = []
-    for lineno, row in iter_jsonl(path):
-        for key in ("image", "caption"):
-            if key not in row:
-                raise PathkitError(f"{path}:{lineno}: missing field {key!r}")
-        if split is None or row.get("split") == split:
-            rows.append({**row, "image": _resolve(row["image"], path.parent)})
-    return rows
-
-
-def _resolve(image: Any, base: Path) -> Any:
-    if isinstance(image, list):
-        return [_resolve(x, base) for x in image]
-    p = Path(image)
-    return str(p if p.is_absolute() else base / p)
 
 
 # ------------------------------------------------------------------------------------------ dataset
@@ -165,17 +76,46 @@ class ImageLoader:
         return self.preprocess([image])[0]
 
 
+def coords_or_grid(coords: Any, n: int, attrs: dict[str, Any] | None = None) -> np.ndarray:
+    """Tile coordinates, or for a feature file without them (a bare WSI-Bench ``.pt`` tensor) a row-major square
+    grid: tile i at column ``i % side``, row ``i // side`` (``side = ceil(sqrt(N))``), spaced by the file's
+    ``patch_size_level0`` (256 when unknown). The slide encoder needs positions; the true layout is lost in such
+    a file, and a compact grid keeps neighbours in the file's order near each other. (N, 2) int64."""
+    if coords is not None:
+        return np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    step = int((attrs or {}).get("patch_size_level0") or 256)
+    side = max(1, math.ceil(math.sqrt(n)))
+    i = np.arange(n)
+    return np.stack([i % side, i // side], axis=1).astype(np.int64) * step
+
+
+def image_loader_for(model, cfg) -> Callable[[str], torch.Tensor]:
+    """Path -> model input for one image: (3, S, S), or (1 + tiles, 3, S, S) views for a tiling connector."""
+    preprocess = getattr(model, "preprocess", None)
+    if preprocess is None:
+        _, preprocess, _ = load_encoder(cfg.encoder.name)
+    if cfg.connector.type != "scale_invariant":
+        return ImageLoader(preprocess)
+
+    def load_views(path: str):
+        with Image.open(path) as im:
+            views, _ = tile_image(im.convert("RGB"), cfg.connector.tile_size, max_tiles=cfg.connector.max_tiles)
+        return preprocess(views)  # (1 + tiles, 3, S, S)
+
+    return load_views
+
+
 class FeatureLoader:
-    """Slide feature file (HDF5 contract) -> ``{"features": (N, D) float32, "coords": (N, 2) int64}``."""
+    """Slide feature file -> ``{"features": (N, D) float32, "coords": (N, 2) int64}``: any format
+    :func:`pathkit.wsi.features.read_features` reads; coords from :func:`coords_or_grid` when the file has none."""
 
     def __call__(self, path: str) -> dict[str, torch.Tensor]:
-        from pathkit.wsi.features import read_features
-
-        coords, features, _ = read_features(path)
+        coords, features, attrs = read_features(path)
         if features is None:
             raise PathkitError(f"{path}: no 'features' dataset (a coords-only file); run pathkit extract first")
-        return {"features": torch.as_tensor(np.asarray(features), dtype=torch.float32),
-                "coords": torch.as_tensor(np.asarray(coords), dtype=torch.long)}
+        features = np.asarray(features)
+        return {"features": torch.as_tensor(features, dtype=torch.float32),
+                "coords": torch.as_tensor(coords_or_grid(coords, len(features), attrs), dtype=torch.long)}
 
 
 class ConversationDataset(Dataset):
@@ -205,6 +145,21 @@ class ConversationDataset(Dataset):
         return len(self.records)
 
     @property
+    def modalities(self) -> list[bool]:
+        """True for a record with an image or slide (what LLaVA's modality grouping keeps apart)."""
+        return [r.get("image") not in (None, [], "") for r in self.records]
+
+    def count_truncated(self) -> int:
+        """Records whose tokenized conversation is longer than ``max_length`` (training cuts them there)."""
+        from pathkit.models.conversation import tokenize_conversation
+
+        n = 0
+        for rec in self.records:
+            tokens = tokenize_conversation(rec["conversations"], self.tokenizer, self.template, None)
+            n += len(tokens["input_ids"]) > self.max_length
+        return n
+
+    @property
     def lengths(self) -> list[int]:
         """Approximate lengths for grouping (LLaVA's ``lengths``: words of all turns)."""
         return [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
@@ -223,7 +178,7 @@ class ConversationDataset(Dataset):
         if isinstance(visual, list):  # several images per record: the first (PubMedVision rows)
             visual = visual[0] if visual else None
         if visual is not None:
-            if str(visual).endswith((".h5", ".hdf5")):
+            if is_feature_file(visual):
                 if visual not in self._cache:  # feature bags are small at tiny scale; load once per worker
                     self._cache[visual] = self.load_features(visual)
                 feats = self._cache[visual]
@@ -278,8 +233,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, group: int = 8):
+                 rank: int = 0, world_size: int = 1, group: int = 8, modalities: Sequence[bool] | None = None):
         self.lengths = np.asarray(lengths)
+        # LLaVA's group_by_modality_length: image and text-only samples never share a batch
+        self.modalities = None if modalities is None or len(set(modalities)) < 2 else np.asarray(modalities)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -298,18 +255,27 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         n = len(self.lengths)
         g = np.random.default_rng(self.seed + self.epoch)
         order = g.permutation(n) if self.shuffle else np.arange(n)
-        mega = self.batch_size * self.world_size * self.group
-        batches: list[list[int]] = []
-        for start in range(0, n, mega):
-            chunk = order[start:start + mega]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches.extend(chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+        if self.modalities is None:
+            batches = self._length_grouped(order)
+        else:  # each modality grouped by length on its own, in the epoch's order
+            batches = self._length_grouped(order[self.modalities[order]])
+            batches += self._length_grouped(order[~self.modalities[order]])
         if self.world_size > 1:
             batches = [b for b in batches if len(b) == self.batch_size]
             batches = batches[: len(batches) // self.world_size * self.world_size]
         if self.shuffle:
             perm = g.permutation(len(batches))
             batches = [batches[i] for i in perm]
+        return batches
+
+    def _length_grouped(self, order: np.ndarray) -> list[list[int]]:
+        """Megabatches of ``batch_size * world_size * group`` indices, sorted by length, cut into batches."""
+        mega = self.batch_size * self.world_size * self.group
+        batches: list[list[int]] = []
+        for start in range(0, len(order), mega):
+            chunk = order[start:start + mega]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -320,8 +286,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         n = len(self.lengths)
-        if self.world_size == 1:
+        if self.world_size == 1 and self.modalities is None:
             return math.ceil(n / self.batch_size)
+        if self.world_size == 1:
+            return len(self._global_batches())
         return len(self._global_batches()) // self.world_size
 
     def state_dict(self) -> dict[str, int]:
@@ -368,14 +336,19 @@ class VLMDataModule(L.LightningDataModule):
         self.shuffle = shuffle
 
     def batches_per_epoch(self, world_size: int = 1) -> int:
-        return len(LengthGroupedBatchSampler(self.dataset.lengths, self.batch_size, world_size=world_size))
+        return len(LengthGroupedBatchSampler(self.dataset.lengths, self.batch_size, world_size=world_size,
+                                             modalities=self._modalities()))
+
+    def _modalities(self) -> list[bool] | None:
+        return self.dataset.modalities if hasattr(self.dataset, "modalities") else None
 
     def train_dataloader(self) -> DataLoader:
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = LengthGroupedBatchSampler(self.dataset.lengths, self.batch_size, seed=self.seed,
-                                            shuffle=self.shuffle, rank=rank, world_size=world)
+                                            shuffle=self.shuffle, rank=rank, world_size=world,
+                                            modalities=self._modalities())
         generator = torch.Generator().manual_seed(self.seed)  # keeps the global RNG untouched (resume)
         return ResumableDataLoader(self.dataset, batch_sampler=sampler, collate_fn=pad_collate(self.pad_token_id),
                                    num_workers=self.num_workers, generator=generator,

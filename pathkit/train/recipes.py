@@ -40,8 +40,11 @@ CONTRASTIVE_PARTS = {"tiles": ("vision", "text"), "slides": ("slide_encoder", "t
 class DataSpec:
     """Which data a stage trains on.
 
-    ``source``: ``tiles`` (pathkit.synthetic tile dataset) or ``slides`` (slide feature files).
-    ``format``: ``captions`` (``<image>`` then the caption, LLaVA's stage-1 ``plain`` pre-training),
+    ``path``: the stage's training file (LLaVA JSON or JSONL; a recipe's data is a path). When None, the file
+    comes from ``pathkit train --train-data`` or, for the tutorial, from the synthetic data that ``source``
+    names (:func:`pathkit.workdir.tutorial_data`). ``source``: ``tiles`` (pathkit.synthetic tile dataset) or
+    ``slides`` (slide feature files). ``format`` (the view the stage takes of its file's records):
+    ``captions`` (``<image>`` then the caption, LLaVA's stage-1 ``plain`` pre-training),
     ``describe`` (a describe-the-image question answered by the caption inside the chat template: PA-LLaVA's
     domain alignment, HuatuoGPT-Vision's alignment VQA), ``instruct`` (the LLaVA instruction conversations),
     ``pairs`` (image-text pairs for contrastive training). ``template``: chat template for this stage (None =
@@ -52,12 +55,15 @@ class DataSpec:
 
     source: str = "tiles"
     format: str = "instruct"
+    path: str | None = None
     split: str = "train"
     template: str | None = None
     max_samples: int | None = None
     extra_closed: int = 0  # extra single-turn closed questions per training image, from its ground-truth label
 
     def __post_init__(self) -> None:
+        if self.path is not None:
+            self.path = str(self.path)
         _need(self.extra_closed >= 0, "DataSpec.extra_closed", self.extra_closed, "must be >= 0")
         _need(self.source in SOURCES, "DataSpec.source", self.source, f"must be one of {SOURCES}")
         _need(self.format in FORMATS, "DataSpec.format", self.format, f"must be one of {FORMATS}")
@@ -252,6 +258,7 @@ class Recipe:
         absent = {"text", "slide_encoder" if self.vision == "image" else "vision"}
         for s in self.stages:
             rows.append({"stage": s.name, "kind": s.kind, "data": f"{s.data.source}/{s.data.format}",
+                         "view": s.data.format,
                          "template": s.data.template or "(preset)", "trains": ", ".join(s.trainable_parts),
                          "frozen": ", ".join(p for p in PARTS if not s.trainable.get(p) and p not in absent),
                          "init_from": ", ".join(f"{k}<-{v}" for k, v in s.init_from.items()) or "-",

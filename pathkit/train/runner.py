@@ -1,7 +1,10 @@
-"""``run_recipe``: train every stage of a recipe in order, checkpoint, resume, evaluate, summarise.
+"""``run_recipe``: train every stage of a recipe in order on its training file, checkpoint, resume, summarise.
 
-For each stage the runner builds the data the stage names, wraps the model in the stage's Lightning module and
-fits it with a Lightning ``Trainer`` (bf16-mixed on a GPU, 32-true on CPU, gradient accumulation, gradient
+Training reads only files: each stage gets a LLaVA JSON/JSONL file (``train_data``: one file for every stage,
+or ``{stage: file}``; :func:`pathkit.workdir.tutorial_data` writes the tutorial's), validated as a whole before
+the first stage, and takes its view of the records (:mod:`pathkit.train.records`). This module keeps the stage
+loop, the trainer and model building: for each stage it wraps the model in the stage's Lightning module and fits
+it with a Lightning ``Trainer`` (bf16-mixed on a GPU, 32-true on CPU, gradient accumulation, gradient
 clipping, any Lightning strategy: ``cfg.train.strategy`` = ``ddp``, ``fsdp``, ...). Outputs::
 
     out_dir/<stage>/checkpoints/last.ckpt   every ``checkpoint_every`` optimiser steps (model, optimiser,
@@ -10,8 +13,9 @@ clipping, any Lightning strategy: ``cfg.train.strategy`` = ``ddp``, ``fsdp``, ..
     out_dir/<stage>/logs/                   CSV and TensorBoard logs
     out_dir/<stage>/model/                  VisionLanguageModel.save_pretrained (or the contrastive towers)
     out_dir/<stage>/stage_summary.json      final train loss, samples/s, tokens/s, trainable parameters, time
-    out_dir/eval/answers.jsonl              greedy answers to the held-out questions (LLaVA answer format)
-    out_dir/summary.json                    per stage + closed_accuracy, yes_no_accuracy, open_recall
+    out_dir/bad_records.jsonl               with ``skip_bad_records``: the records left out, one problem each
+    out_dir/summary.json                    per stage, train_seconds, wall_seconds (evaluation adds its scores:
+                                            :func:`pathkit.eval.recipe_run.train_and_evaluate`)
 
 Stage N+1 starts from stage N's model (in memory, or from ``out_dir/<N>/model`` when stage N finished in an
 earlier run). A stage whose ``model/`` exists is skipped on restart; a stage with ``last.ckpt`` resumes there.
@@ -22,12 +26,32 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
 from pathkit.config import Config
-from pathkit.io import PathkitError, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.io import PathkitError, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.models.vlm import VisionLanguageModel
+from pathkit.train.checkpointing import BestWeights, LastCheckpoint
+from pathkit.train.contrastive_stage import run_contrastive_stage
+from pathkit.train.data import (
+    ConsumedBatches,
+    ConversationDataset,
+    VLMDataModule,
+    image_loader_for,
+    split_validation,
+)
 from pathkit.train.recipes import Recipe, Stage
+from pathkit.train.records import heldout_records, read_stage_files, stage_files, stage_records
+from pathkit.train.schedule import optimizer_steps
+from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
+from pathkit.train.vlm_module import VLMModule, count_trainable
 
 
 def stage_config(cfg: Config, recipe: Recipe, stage: Stage) -> Config:
@@ -54,90 +78,21 @@ def with_overrides(cfg: Config, recipe: Recipe, changes: dict[str, Any]) -> tupl
 
 def precision_for(cfg: Config) -> str:
     """bf16-mixed (or what the config says) on a GPU; 32-true on CPU where bf16 autocast is slow."""
-    import torch
-
     if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():
         return "32-true"
     return cfg.train.precision
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-def tile_root(data_dir: Path) -> Path:
-    return data_dir / "synthetic" / "tiles"
-
-
-def ensure_tiles(cfg: Config, data_dir: Path):
-    from pathkit.synthetic.tiles import ensure_tile_dataset
-
-    return ensure_tile_dataset(tile_root(data_dir), cfg.synthetic, seed=cfg.seed, progress=False)
-
-
-def stage_records(stage: Stage, cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
-    """LLaVA records for a VLM stage's data spec (tiles or slides, captions/describe/instruct)."""
-    from pathkit.train import data as D
-
-    spec = stage.data
-    if spec.source == "tiles":
-        ds = ensure_tiles(cfg, data_dir)
-        if spec.format == "instruct":
-            records = D.read_llava_json(ds.paths[f"{spec.split}_llava"], root=ds.root)
-            if spec.extra_closed:
-                rows = D.read_metadata(ds.paths["metadata"], spec.split)
-                records += D.closed_question_records(rows, spec.extra_closed, seed=cfg.seed)
-        else:
-            records = D.caption_records(D.read_metadata(ds.paths["metadata"], spec.split), spec.format)
-    else:
-        from pathkit.train.slide_data import slide_records
-
-        records = slide_records(cfg, data_dir, spec.format, spec.split)
-    if spec.max_samples:
-        records = records[: spec.max_samples]
-    if not records:
-        raise PathkitError(f"stage {stage.name}: no {spec.source}/{spec.format} records in split {spec.split!r}")
-    return records
-
-
-def image_loader_for(model, cfg: Config):
-    """Path -> model input for one image: (3, S, S), or (1 + tiles, 3, S, S) views for a tiling connector."""
-    from pathkit.train.data import ImageLoader
-
-    preprocess = getattr(model, "preprocess", None)
-    if preprocess is None:
-        from pathkit.models.encoders import load_encoder
-
-        _, preprocess, _ = load_encoder(cfg.encoder.name)
-    if cfg.connector.type != "scale_invariant":
-        return ImageLoader(preprocess)
-
-    from pathkit.models.connectors import tile_image
-
-    def load_views(path: str):
-        from PIL import Image
-
-        with Image.open(path) as im:
-            views, _ = tile_image(im.convert("RGB"), cfg.connector.tile_size, max_tiles=cfg.connector.max_tiles)
-        return preprocess(views)  # (1 + tiles, 3, S, S)
-
-    return load_views
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
 
 
 def _callbacks(stage_dir: Path, checkpoint_every: int, stop_after_steps: int | None):
-    from pathkit.train.checkpointing import LastCheckpoint
-    from pathkit.train.data import ConsumedBatches
-
     (stage_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return [ConsumedBatches(), LastCheckpoint(stage_dir / "checkpoints" / "last.ckpt", checkpoint_every,
                                               stop_after_steps)]
 
 
 def _loggers(stage_dir: Path):
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     loggers = [CSVLogger(str(stage_dir), name="logs", version="csv")]
     try:
         loggers.append(TensorBoardLogger(str(stage_dir), name="logs", version="tensorboard"))
@@ -148,10 +103,6 @@ def _loggers(stage_dir: Path):
 
 def make_trainer(cfg: Config, stage: Stage, stage_dir: Path, total_steps: int, checkpoint_every: int,
                  stop_after_steps: int | None, progress: bool, extra_callbacks: list | None = None):
-    import lightning as L
-
-    from pathkit.train.strategies import make_strategy
-
     accelerator = cfg.train.accelerator
     validate = stage.val_fraction > 0
     return L.Trainer(
@@ -178,8 +129,6 @@ def _save_dir_atomically(save, final: Path) -> None:
 
 
 def _stage_summary(module, stage: Stage, seconds: float, model) -> dict[str, Any]:
-    from pathkit.train.vlm_module import count_trainable
-
     rows = module.step_losses
     tail = rows[-max(1, len(rows) // 10):] if rows else []
     steady = rows[1:] if len(rows) > 1 else rows  # the first step includes warm-up work
@@ -201,26 +150,24 @@ def _median(values: list[float]) -> float | None:
     return values[len(values) // 2]
 
 
-def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Path, stage_dir: Path,
+def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: list[dict[str, Any]], stage_dir: Path,
                   resume: bool, checkpoint_every: int, stop_after_steps: int | None, progress: bool,
                   unsharded=None):
     """Fit one VLM stage; returns ``(model, stage summary)`` (summary None when stopped early).
 
     ``unsharded``: builds a fresh model of the same structure; required under FSDP, where this rank's
     parameters are shards and the gathered weights are loaded into it for saving."""
-    from pathkit.train.checkpointing import BestWeights
-    from pathkit.train.data import ConversationDataset, VLMDataModule, split_validation
-    from pathkit.train.schedule import optimizer_steps
-    from pathkit.train.strategies import full_state_dict, is_fsdp
-    from pathkit.train.vlm_module import VLMModule
-
-    records, val_records = split_validation(stage_records(stage, cfg, data_dir), stage.val_fraction, seed=cfg.seed)
+    records, val_records = split_validation(records, stage.val_fraction, seed=cfg.seed)
     template = stage.data.template or cfg.llm.chat_template
     max_length = stage.max_length or cfg.llm.max_length
     load_image = image_loader_for(model, cfg)
     dataset = ConversationDataset(records, model.tokenizer, template, max_length, load_image=load_image)
     val_dataset = (ConversationDataset(val_records, model.tokenizer, template, max_length, load_image=load_image)
                    if val_records else None)
+    truncated = dataset.count_truncated()
+    if truncated:
+        warnings.warn(f"stage {stage.name}: {truncated} of {len(records)} records are longer than "
+                      f"model_max_length={max_length} tokens and are truncated", stacklevel=2)
     datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
                                seed=cfg.seed, num_workers=cfg.train.num_workers, val_dataset=val_dataset)
     best = BestWeights() if val_dataset is not None else None
@@ -240,7 +187,7 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, data_dir: Pa
     if stop_after_steps is not None and trainer.global_step < total_steps:
         return model, None
     summary = _stage_summary(module, stage, seconds, model)
-    summary.update(total_steps=total_steps, epochs=stage.epochs, records=len(records),
+    summary.update(total_steps=total_steps, epochs=stage.epochs, records=len(records), truncated=truncated,
                    resumed_from=str(ckpt) if ckpt else None)
     if best is not None:
         summary.update(val_records=len(val_records), **best.summary())
@@ -273,8 +220,6 @@ def _world_size(cfg: Config) -> int:
 
 def build_vlm(cfg: Config, recipe: Recipe, stage: Stage, out_dir: Path, previous_dir: Path | None):
     """Stage N+1's model: stage N's saved model, else a fresh one (towers taken from earlier stages)."""
-    from pathkit.models.vlm import VisionLanguageModel
-
     if previous_dir is not None:
         return VisionLanguageModel.from_pretrained(previous_dir)
     overrides = {}
@@ -290,8 +235,6 @@ def build_vlm(cfg: Config, recipe: Recipe, stage: Stage, out_dir: Path, previous
 
 
 def _load_slide_encoder(model, tower_dir: Path) -> None:
-    import torch
-
     path = tower_dir / "slide_encoder.pt"
     target = getattr(model, "slide_encoder", None)
     if target is None or not path.exists():
@@ -299,147 +242,68 @@ def _load_slide_encoder(model, tower_dir: Path) -> None:
     target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-# ------------------------------------------------------------------------------------------------ evaluate
-
-
-def evaluate_vlm(model, recipe: Recipe, cfg: Config, data_dir: Path, out_dir: Path | None = None,
-                 max_questions: int | None = None) -> dict[str, Any]:
-    """Greedy answers to the held-out questions; closed accuracy (pathkit's default rule), open recall."""
-    import torch
-
-    if recipe.vision == "slide":
-        from pathkit.train.slide_data import slide_questions
-
-        questions = slide_questions(cfg, data_dir, split="heldout")
-    else:
-        ds = ensure_tiles(cfg, data_dir)
-        questions = [{**q, "image": str(ds.root / q["image"])} for q in ds.questions("heldout")]
-    if max_questions:
-        questions = questions[:max_questions]
-    answers = answer_questions(model, questions, cfg)
-    scores = score_answers(questions, answers)
-    if out_dir is not None:
-        rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": a, "answer_id": str(i),
-                 "model_id": recipe.name, "metadata": {"answer": q["answer"], "answer_type": q["answer_type"],
-                                                       "category": q.get("category")}}
-                for i, (q, a) in enumerate(zip(questions, answers))]
-        write_jsonl(out_dir / "eval" / "answers.jsonl", rows)
-    del torch
-    return scores
-
-
-def answer_questions(model, questions: list[dict[str, Any]], cfg: Config, batch_size: int | None = None
-                     ) -> list[str]:
-    """Greedy answers of ``model`` to evaluation questions (``image`` = tile path or slide feature file)."""
-    import torch
-
-    from pathkit.train.data import FeatureLoader
-
-    batch_size = batch_size or cfg.eval.batch_size
-    load_image = image_loader_for(model, cfg)
-    load_features = FeatureLoader()
-    model.eval()
-    answers: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(questions), batch_size):
-            chunk = questions[start:start + batch_size]
-            texts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in chunk]
-            if str(chunk[0]["image"]).endswith(".h5"):
-                feats = [load_features(q["image"]) for q in chunk]
-                out = model.answer(texts, slide_features=[f["features"] for f in feats],
-                                   slide_coords=[f["coords"] for f in feats],
-                                   max_new_tokens=cfg.eval.max_new_tokens)
-            else:
-                images = [load_image(q["image"]) for q in chunk]
-                same = all(im.shape == images[0].shape for im in images)
-                out = model.answer(texts, images=torch.stack(images) if same else images,
-                                   max_new_tokens=cfg.eval.max_new_tokens)
-            answers.extend(out)
-    return answers
-
-
-def score_answers(questions: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
-    """closed_accuracy (yes/no + lettered), yes_no_accuracy, choice_accuracy, open_recall, per category."""
-    from pathkit.eval.metrics import closed_correct, open_recall
-
-    per_cat: dict[str, list[float]] = {}
-    closed, yes_no, choice, opened = [], [], [], []
-    for q, a in zip(questions, answers):
-        if q["answer_type"].upper() == "CLOSED":
-            hit = float(closed_correct(a, q["answer"]))
-            closed.append(hit)
-            (yes_no if q["answer"].lower() in ("yes", "no") else choice).append(hit)
-        else:
-            hit = float(open_recall(a, q["answer"]))
-            opened.append(hit)
-        per_cat.setdefault(q.get("category") or q["answer_type"], []).append(hit)
-
-    def mean(values: list[float]) -> float | None:
-        return round(sum(values) / len(values), 4) if values else None
-
-    return {"closed_accuracy": mean(closed), "yes_no_accuracy": mean(yes_no), "choice_accuracy": mean(choice),
-            "open_recall": mean(opened), "n_closed": len(closed), "n_yes_no": len(yes_no), "n_open": len(opened),
-            "per_category": {k: mean(v) for k, v in sorted(per_cat.items())}}
-
-
 # ------------------------------------------------------------------------------------------------ recipe
 
 
-def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = True,
-               data_dir: str | Path | None = None, checkpoint_every: int = 20,
-               stop_after_steps: int | None = None, progress: bool = False, evaluate: bool = True
+def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path,
+               train_data: str | Path | dict[str, str | Path] | None = None, *,
+               image_folder: str | Path | None = None, skip_bad_records: bool = False, resume: bool = True,
+               checkpoint_every: int = 20, stop_after_steps: int | None = None, progress: bool = False
                ) -> dict[str, Any]:
-    """Train every stage of ``recipe`` in order, evaluate on the held-out split, write ``summary.json``.
+    """Train every stage of ``recipe`` in order on its training file, write ``summary.json``.
 
     Args:
         recipe: the stages (see :mod:`pathkit.train.recipes`).
         cfg: the preset Config; the recipe's and each stage's overrides are applied on top.
         out_dir: where stages, logs, checkpoints and the summary go.
+        train_data: a LLaVA JSON/JSONL file for every stage, or ``{stage: file}``; stages not named use their
+            ``DataSpec.path``.
+        image_folder: where relative ``image`` paths resolve (LLaVA's ``--image_folder``; default each file's
+            folder).
+        skip_bad_records: train on a file's good records and list the bad ones in ``out_dir/bad_records.jsonl``
+            (default: a bad record stops the run before training, naming each problem).
         resume: reuse finished stages and continue an interrupted stage from its ``last.ckpt``.
-        data_dir: the workdir holding ``synthetic/tiles``, ``synthetic/slides``, ``wsi`` (default ``out_dir``).
         checkpoint_every: optimiser steps between ``last.ckpt`` saves.
         stop_after_steps: stop the first unfinished stage after this many optimiser steps (simulates a kill;
             the summary then says ``interrupted``).
     Returns:
-        the summary dict (also written to ``out_dir/summary.json``).
+        the summary dict (also written to ``out_dir/summary.json``); ``summary["model_dir"]`` is the last VLM
+        stage's saved model.
     """
-    import lightning as L
-
     _cpu_threads(cfg)
     out_dir = Path(out_dir)
-    data_dir = Path(data_dir) if data_dir is not None else out_dir
+    files = stage_files(recipe, train_data)
+    records_by_file = read_stage_files(files, image_folder, skip_bad_records, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_run_dir(out_dir, recipe, cfg, resume)
-    summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {}}
+    summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {},
+                               "train_data": {name: str(path) for name, path in files.items()}}
     t_start = time.perf_counter()
     model = None
     previous_dir: Path | None = None
-    final_cfg = cfg
     for stage in recipe.stages:
         scfg = stage_config(cfg, recipe, stage)
         L.seed_everything(scfg.seed, workers=True, verbose=False)
         stage_dir = out_dir / stage.name
         done = stage_dir / "stage_summary.json"
+        records = stage_records(stage, records_by_file[files[stage.name]])
         if resume and done.exists() and (stage_dir / "model").exists():
             summary["stages"][stage.name] = {**read_json(done), "reused": True}
             if stage.kind == "vlm":
                 model, previous_dir = None, stage_dir / "model"
-                final_cfg = scfg
             continue
         if stage.kind == "contrastive":
-            from pathkit.train.contrastive_stage import run_contrastive_stage
-
-            result = run_contrastive_stage(recipe, stage, scfg, data_dir, stage_dir, resume=resume,
+            heldout = heldout_records(stage, records_by_file[files[stage.name]])
+            result = run_contrastive_stage(recipe, stage, scfg, records, stage_dir, resume=resume,
                                            progress=progress, checkpoint_every=checkpoint_every,
-                                           stop_after_steps=stop_after_steps)
+                                           stop_after_steps=stop_after_steps, heldout=heldout or None)
         else:
             if model is None:
                 model = build_vlm(scfg, recipe, stage, out_dir, previous_dir)
             model, result = run_vlm_stage(
-                model, recipe, stage, scfg, data_dir, stage_dir, resume, checkpoint_every, stop_after_steps,
+                model, recipe, stage, scfg, records, stage_dir, resume, checkpoint_every, stop_after_steps,
                 progress, unsharded=lambda s=stage, c=scfg, p=previous_dir: build_vlm(c, recipe, s, out_dir, p))
             previous_dir = stage_dir / "model"
-            final_cfg = scfg
         if result is None:
             summary["interrupted"] = {"stage": stage.name, "after_steps": stop_after_steps}
             write_json(out_dir / "summary.json", summary)
@@ -448,23 +312,16 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path, resume: bool = 
     # every stage's own training time (a reused stage keeps the seconds it took), and this call's wall time
     summary["train_seconds"] = round(sum(float(st.get("seconds") or 0.0) for st in summary["stages"].values()), 2)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-    if evaluate and _is_rank_zero():
-        if model is None:
-            from pathkit.models.vlm import VisionLanguageModel
-
-            model = VisionLanguageModel.from_pretrained(previous_dir)
-        t0 = time.perf_counter()
-        summary.update(evaluate_vlm(model, recipe, final_cfg, data_dir, out_dir))
-        summary["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    summary["model_dir"] = str(previous_dir) if previous_dir is not None else None
     if _is_rank_zero():
         write_json(out_dir / "summary.json", summary)
-        try:
-            from pathkit.viz.training_figures import plot_recipe_curves
-
-            plot_recipe_curves(out_dir, out_dir / "curves.png")
-        except Exception as err:  # a figure must never fail a training run
-            summary["figure_error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
     return summary
+
+
+def final_vlm_config(cfg: Config, recipe: Recipe) -> Config:
+    """The Config of the recipe's last VLM stage (what its model was built and is evaluated with)."""
+    vlm = [s for s in recipe.stages if s.kind == "vlm"]
+    return stage_config(cfg, recipe, vlm[-1]) if vlm else cfg
 
 
 def _cpu_threads(cfg: Config) -> None:
@@ -473,8 +330,6 @@ def _cpu_threads(cfg: Config) -> None:
     Tiny models have 64-wide matrices: splitting them over threads gains nothing, and on a busy 2-core machine
     OpenMP threads that wait for descheduled peers made a tiny training step 4-5x slower (measured: 4 -> 20
     samples/s at load average 10)."""
-    import torch
-
     threads = os.environ.get("PATHKIT_TORCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -488,8 +343,6 @@ def _claim_run_dir(out_dir: Path, recipe: Recipe, cfg: Config, resume: bool) -> 
     Finished stages are reused by name, so reusing them under a changed recipe or config would silently mix
     two experiments. ``resume=False`` retrains every stage and takes the folder over.
     """
-    from pathkit.io import atomic_write_text
-
     recipe_text, config_text = recipe.to_yaml(), cfg.to_yaml()
     recipe_path, config_path = out_dir / "recipe.yaml", out_dir / "config.yaml"
     if resume:
@@ -502,8 +355,6 @@ def _claim_run_dir(out_dir: Path, recipe: Recipe, cfg: Config, resume: bool) -> 
 
 
 def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 

@@ -103,7 +103,7 @@ class VLMModule(L.LightningModule):
         batch_size = int(batch["input_ids"].shape[0])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
         self._acc_samples += batch_size
-        self._acc_tokens += int(batch["attention_mask"].sum()) + self._visual_tokens(batch)
+        self._acc_tokens += self._tokens_seen(batch)
         self._acc_loss.append(float(loss.detach()))
         return loss
 
@@ -125,15 +125,11 @@ class VLMModule(L.LightningModule):
     def on_validation_end(self) -> None:
         self._t_last = None  # validation time is not training throughput
 
-    def _visual_tokens(self, batch: dict[str, Any]) -> int:
-        """Visual tokens the LLM sees in this batch (placeholders are already counted once in the mask)."""
-        per_image = int(getattr(self.model, "num_visual_tokens", 0) or 0)
-        n = 0
-        if batch.get("images") is not None:
-            n = len(batch["images"])
-        elif batch.get("slide_features") is not None:
-            n = len(batch["slide_features"])
-        return max(0, per_image - 1) * n
+    def _tokens_seen(self, batch: dict[str, Any]) -> int:
+        """Tokens the LLM saw in this batch, visual tokens included: the spliced sequence's attention mask, which
+        the model's forward records (``last_tokens_seen``); the text mask when a model does not record it."""
+        seen = getattr(self.model, "last_tokens_seen", None)
+        return int(seen) if seen is not None else int(batch["attention_mask"].sum())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random stream
