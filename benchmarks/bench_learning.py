@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="trainings at once (each on its own threads)")
     parser.add_argument("--work", default=str(REPO / "runs" / "bench_learning"))
     parser.add_argument("--out", default=str(REPO / "figures" / "learning_seeds"))
+    parser.add_argument("--merge", default=None, help="a previous JSON: its runs of recipes not run now are kept")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
         rows = list(pool.map(lambda job: run_one(*job, work), jobs))
+    if args.merge:  # recipes not rerun keep their earlier runs (same code for them: checked by the caller)
+        previous = json.loads(Path(args.merge).read_text())
+        rows += [r for r in previous["runs"] if r["recipe"] not in args.recipes]
     result = aggregate(rows)
     out = Path(args.out)
     report = {"benchmark": "learning over seeds (tiny preset, pathkit train)", "machine": machine_record(),
