@@ -90,36 +90,24 @@ def validate_llava(records: Any, source: str = "<records>", errors: list[str] | 
     """
     if not isinstance(records, list):
         raise PathkitError(f"{source}: expected a JSON list of records, got {type(records).__name__}")
+    return _count_valid(enumerate(records), source, errors)
+
+
+def validate_llava_file(path: str | Path, errors: list[str] | None = None) -> int:
+    """:func:`validate_llava` on a LLaVA JSON list or JSONL file, streamed (a parse error names line and column)."""
+    return _count_valid(iter_llava_file(path), str(path), errors)
+
+
+def _count_valid(indexed: Iterable[tuple[int, Any]], source: str, errors: list[str] | None) -> int:
     seen: dict[Any, int] = {}
     valid = 0
-    for i, rec in enumerate(records):
+    for i, rec in indexed:
         problem = _record_problem(rec)
         rid = rec.get("id") if isinstance(rec, dict) else None
         if problem is None and rid in seen:
             problem = f"id: duplicate of record {seen[rid]}"
         if problem is not None:
             msg = f"{source}: record {i} (id={rid!r}): {problem}"
-            if errors is None:
-                raise PathkitError(msg)
-            errors.append(msg)
-            continue
-        seen[rid] = i
-        valid += 1
-    return valid
-
-
-def validate_llava_file(path: str | Path, errors: list[str] | None = None) -> int:
-    """:func:`validate_llava` on a LLaVA JSON list or JSONL file, streamed (a parse error names line and column)."""
-    path = Path(path)
-    seen: dict[Any, int] = {}
-    valid = 0
-    for i, rec in iter_llava_file(path):
-        problem = _record_problem(rec)
-        rid = rec.get("id") if isinstance(rec, dict) else None
-        if problem is None and rid in seen:
-            problem = f"id: duplicate of record {seen[rid]}"
-        if problem is not None:
-            msg = f"{path}: record {i} (id={rid!r}): {problem}"
             if errors is None:
                 raise PathkitError(msg)
             errors.append(msg)
