@@ -126,8 +126,9 @@ def plot(result: dict, rows: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(metrics)), [m.replace("_", "\n") for m in metrics], fontsize=7)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{recipe} ({result[recipe]['runs']} runs)", fontsize=9)
-    axes[0][0].set_ylabel("held-out score (dots: seeds 0-4 at 1 thread; squares: seed 0 at 2 threads)", fontsize=7)
-    fig.suptitle("tiny preset learning over seeds; dashed: target floor; bar: mean ± std", fontsize=9)
+    axes[0][0].set_ylabel("held-out score", fontsize=8)
+    fig.suptitle("tiny preset learning over seeds: dots seeds 0-4 (1 thread), squares seed 0 at 2 threads; "
+                 "bar: mean ± std; dashed: target floor", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
