@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathkit.provenance import machine_record
+
 
 def timed(fn, *args):
     t0 = time.perf_counter()
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
               f"fdr {r['template']['false_detection_rate']:.3f} | chunks F1 {r['chunks']['f1']:.2f}"
               + (f" | grounding IoU {r['narratives']['net']['iou_mean']:.2f}" if "narratives" in r else ""), flush=True)
     report = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "machine": {**machine_record(), "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "torch_threads": 1, "load_average_at_start": load0,
                     "load_average_at_end": os.getloadavg()},
         "clips": results,

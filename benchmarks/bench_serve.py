@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from pathkit.config import Config  # noqa: E402
 from pathkit.models.hf_llava import export_hf_llava  # noqa: E402
 from pathkit.models.vlm import VisionLanguageModel  # noqa: E402
+from pathkit.provenance import machine_record  # noqa: E402
 from pathkit.serve.engine import Engine, ServedModel  # noqa: E402
 from pathkit.serve.server import ServerSettings, create_app  # noqa: E402
 
@@ -166,7 +167,7 @@ def main() -> None:
                                              for c, r in runs.items()},
         "answers_equal_to_baseline_fraction": {str(c): a for c, a in agree.items()},
         "batching": "static: requests arriving together share one KV-cached batch (up to --max-batch)",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+        "machine": {**machine_record(), "platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                     "load_average_1min": os.getloadavg()[0]},

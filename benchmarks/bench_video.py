@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pathkit.provenance import machine_record
 from pathkit.video.scoring import box_iou, matched_chunks
 
 
@@ -226,7 +227,7 @@ def main() -> None:
         torch_version = None
     cfg = VideoConfig()
     report = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "machine": {**machine_record(), "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "torch": torch_version, "device": "cpu", "scenedetect": scenedetect.__version__,
                     "load_average_at_start": os.getloadavg()},
         "setup": {"videos_per_condition": 2 * args.seeds, "seconds": args.seconds, "fps": args.fps, "size": args.size,

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pathkit.config import Config  # noqa: E402
+from pathkit.provenance import machine_record  # noqa: E402
 from pathkit.train.recipes import get_recipe  # noqa: E402
 
 # Published architectures (config.json of each checkpoint), built here with random weights.
@@ -289,7 +290,7 @@ def main() -> None:
     results = []
     for name in args.recipes.split(","):
         results.append(run_recipe(name.strip(), args.llm_layers, args.tiles, args.max_gib))
-    record = {"results": results, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+    record = {"results": results, "machine": {**machine_record(), "platform": platform.platform(), "cpus": os.cpu_count(),
                                               "torch": torch.__version__, "threads": torch.get_num_threads(),
                                               "memory_available_gib_at_end": round(available_gib(), 1)}}
     out = Path(args.out).with_suffix(".json")
