@@ -31,7 +31,7 @@ from pathkit.config import Config
 cfg, = pathkit.sweep.apply_overrides(Config.from_name("tiny"), overrides)
 time.sleep(sleep)
 assert not (fail_if and Path(fail_if).exists()), "asked to fail"
-pathkit.sweep.record(run_dir, score=10 * x + seed, lr=cfg.train.lr,
+pathkit.sweep.record(run_dir, score=10 * x + seed, temperature=cfg.clip.init_temperature,
                      shared_data=Path(workdir, "synthetic").is_symlink())"""
 
 

@@ -49,14 +49,14 @@ def test_values_grid_and_run_ids():
 
 def test_sweep_cli_results_report_yaml_and_skip(probe, tmp_path):
     out = tmp_path / "sweep"
-    res = pathkit_cli("sweep", str(probe), "--grid", "x=1,2", "--grid", "train.lr=0.0025", "--seeds", "0,1",
+    res = pathkit_cli("sweep", str(probe), "--grid", "x=1,2", "--grid", "clip.init_temperature=0.0025", "--seeds", "0,1",
                       "--workers", "2", "--out", str(out), "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 4 and set(table["status"]) == {"done"}
-    assert list(table.columns[:4]) == ["run_id", "x", "train.lr", "seed"]
+    assert list(table.columns[:4]) == ["run_id", "x", "clip.init_temperature", "seed"]
     assert (table["score"] == 10 * table["x"] + table["seed"]).all()
-    assert (table["lr"] == 0.0025).all()  # the override reached the notebook's Config (the preset's is not it)
+    assert (table["temperature"] == 0.0025).all()  # the override reached the notebook's Config (the preset's is not it)
     assert table["shared_data"].all() and (table["seconds"] > 0).all()
     assert pd.read_parquet(out / "results.parquet")["score"].tolist() == table["score"].tolist()
     for rid in table["run_id"]:
@@ -90,7 +90,7 @@ def test_sweep_cli_results_report_yaml_and_skip(probe, tmp_path):
     # The same sweep written as YAML has the same runs: all skipped, nothing executed again.
     started = {rid: read_json(out / "runs" / rid / "status.json")["started"] for rid in table["run_id"]}
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(f"notebook: {probe}\ngrid:\n  x: [1, 2]\n  train.lr: [0.0025]\nseeds: [0, 1]\nworkers: 2\n")
+    spec.write_text(f"notebook: {probe}\ngrid:\n  x: [1, 2]\n  clip.init_temperature: [0.0025]\nseeds: [0, 1]\nworkers: 2\n")
     again = pathkit_cli("sweep", str(spec), "--out", str(out), "--no-progress")
     assert again.returncode == 0 and "4 done (4 already)" in again.stdout
     assert started == {rid: read_json(out / "runs" / rid / "status.json")["started"] for rid in table["run_id"]}
