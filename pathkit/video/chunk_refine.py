@@ -8,7 +8,9 @@ Frame-to-frame differencing (:mod:`pathkit.video.chunks`) misses what real lectu
 * **slow transitions** (a 0.5-2 s crossfade between two similar views, a slow pan or zoom) whose every step
   stays under the threshold: a chunk whose first and last frames differ is split into the frames that still
   look like its first frame and those that already look like its last, the frames in between being the
-  transition (recursively, so a pan followed by a hold is cut right);
+  transition (recursively, so a pan followed by a hold is cut right). "Looks like" is two tests: few pixels
+  changed clearly, and the frame has not begun to blend towards the other end (:func:`blend_fraction`: the
+  first third of a slow fade between similar views changes every pixel, but each by less than the threshold);
 * **blank frames** (black or uniform screens between sections): a chunk whose frames are mostly blank is no
   chunk of content and is dropped.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pathkit.video.chunks import Chunk, cursor_masked_difference
+from pathkit.video.chunks import Chunk, cursor_masked_difference, is_blank
 
 
 def persistent_motion_mask(small: list[np.ndarray], pixel_threshold: float = 12.0, persistent_fraction: float = 0.2,
@@ -53,8 +55,24 @@ def masked_signal(small: list[np.ndarray], mask: np.ndarray, pixel_threshold: fl
     return np.array(values, np.float64)
 
 
+def blend_fraction(frame: np.ndarray, a: np.ndarray, b: np.ndarray, keep: np.ndarray | None = None,
+                   min_contrast: float = 16.0) -> float:
+    """Where ``frame`` lies between views ``a`` (0) and ``b`` (1): the median, over the pixels where the two
+    differ clearly, of how far each pixel has moved from ``a`` towards ``b`` (a crossfade moves all of them
+    together; a pointer or noise moves few, so the median ignores them). NaN when the views hardly differ."""
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    span = b32 - a32
+    sel = np.abs(span) >= min_contrast
+    if keep is not None:
+        sel &= keep
+    if sel.sum() < 20:
+        return float("nan")
+    return float(np.median((frame.astype(np.float32)[sel] - a32[sel]) / span[sel]))
+
+
 def split_drifting(i0: int, i1: int, small: list[np.ndarray], threshold: float, mask: np.ndarray | None,
-                   pixel_threshold: float = 12.0, blob_fraction: float = 0.02, depth: int = 0) -> list[tuple[int, int]]:
+                   pixel_threshold: float = 12.0, blob_fraction: float = 0.02, depth: int = 0,
+                   blend_tolerance: float = 0.12) -> list[tuple[int, int]]:
     """Runs ``(first, last)`` of analysis frames inside the run ``i0..i1`` whose ends look alike."""
     keep = None if mask is None else mask == 0
 
@@ -68,15 +86,19 @@ def split_drifting(i0: int, i1: int, small: list[np.ndarray], threshold: float, 
 
     if i1 - i0 < 2 or depth > 8 or diff(i0, i1) <= threshold:
         return [(i0, i1)]
-    like_first = [diff(i0, i) <= threshold for i in range(i0, i1 + 1)]
-    like_last = [diff(i, i1) <= threshold for i in range(i0, i1 + 1)]
+    # a frame is like an end when it differs little from it and has not begun to blend towards the other end
+    # (the first part of a slow crossfade between similar views changes every pixel, each by too little)
+    u = [blend_fraction(small[i], small[i0], small[i1], keep) for i in range(i0, i1 + 1)]
+    like_first = [diff(i0, i) <= threshold and not u[i - i0] > blend_tolerance for i in range(i0, i1 + 1)]
+    like_last = [diff(i, i1) <= threshold and not u[i - i0] < 1 - blend_tolerance for i in range(i0, i1 + 1)]
     p = i0 + (like_first.index(False) - 1 if False in like_first else i1 - i0)  # last frame like the first
     s = i0 + (len(like_last) - like_last[::-1].index(False) if False in like_last else 0)  # first like the last
     if s <= p:  # frames s..p look like both ends (a fade's faint tail): they belong to the later view
         p = s - 1
-    out = split_drifting(i0, p, small, threshold, mask, pixel_threshold, blob_fraction, depth + 1) if p >= i0 else []
+    args = (small, threshold, mask, pixel_threshold, blob_fraction, depth + 1, blend_tolerance)
+    out = split_drifting(i0, p, *args) if p >= i0 else []
     if s <= i1:
-        out += split_drifting(s, i1, small, threshold, mask, pixel_threshold, blob_fraction, depth + 1)
+        out += split_drifting(s, i1, *args)
     return out
 
 
@@ -91,6 +113,7 @@ def refine_chunks(times: np.ndarray, signal: np.ndarray, small: list[np.ndarray]
     extras: dict = {"persistent_mask_fraction": 0.0 if mask is None else float(mask.mean())}
     if mask is not None:
         signal = masked_signal(small, mask, pixel_threshold, blob_fraction)
+        blank = [is_blank(f, mask == 0) for f in small]  # a black screen with the webcam box on it is blank
     thr = threshold_fn(signal)
     moving = np.asarray(signal) > thr
     end_cap = duration if duration is not None else float(times[-1]) + step

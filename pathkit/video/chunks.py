@@ -109,10 +109,18 @@ class DifferenceSignal:
         self.values.append(value)
         h, w = cur.shape[:2]
         self.small.append(cv2.resize(cur, (max(8, w // 2), max(8, h // 2)), interpolation=cv2.INTER_AREA))
-        # blank: nearly every pixel at the frame's median grey (a pointer on a black screen is still blank)
-        med = float(np.median(cur))
-        self.blank.append(float(np.mean(np.abs(cur.astype(np.float32) - med) <= self.blank_std)) >= 0.97)
+        self.blank.append(is_blank(cur, blank_std=self.blank_std))
         return value
+
+
+def is_blank(grey: np.ndarray, keep: np.ndarray | None = None, blank_std: float = 8.0) -> bool:
+    """Nearly every pixel (of those ``keep`` marks) at the frame's median grey: a black or uniform screen (a
+    pointer on it, or a webcam box left out by ``keep``, does not make it content)."""
+    px = grey if keep is None else grey[keep]
+    if px.size == 0:
+        return False
+    med = float(np.median(px))
+    return float(np.mean(np.abs(px.astype(np.float32) - med) <= blank_std)) >= 0.97
 
 
 def difference_signal(frames, pixel_threshold: float = 12.0, blob_fraction: float = 0.02) -> np.ndarray:

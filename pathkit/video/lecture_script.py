@@ -172,11 +172,12 @@ class Lecture:
         return Lecture([Segment.from_json(s) for s in d["segments"]], bool(d.get("webcam", False)))
 
 
-def demo_lecture(seed: int = 0, webcam: bool = False, short: bool = False) -> Lecture:
+def demo_lecture(seed: int = 0, webcam: bool = False, short: bool = False, fade: float | None = None) -> Lecture:
     """A lecture with every kind of transition: a slide build, a crossfade (0.5 to 2 s) between two similar
     views, a cut, a slow pan + zoom, a black gap. ``seed`` varies places and the fade's length; ~17 s long
     (``short``: the build, the crossfade, a black gap and a cut, ~9 s). Every hold lasts at least 1.4 s, so
-    it is a stable chunk at the default ``min_chunk_seconds`` (1 s) even when analysis frames jitter."""
+    it is a stable chunk at the default ``min_chunk_seconds`` (1 s) even when analysis frames jitter.
+    ``fade``: the crossfade's length in seconds (default: drawn from the seed)."""
     rng = np.random.default_rng(seed)
     tissue = f"tissue{seed}"
     slide = "slide:Immunohistochemistry|DAB marks the antigen|Hematoxylin: nuclei"
@@ -188,7 +189,7 @@ def demo_lecture(seed: int = 0, webcam: bool = False, short: bool = False) -> Le
     a2 = View("ihc", a.cx + rng.uniform(40, 70), a.cy + rng.uniform(-40, 40), 2.0)  # a similar, nearby view
     b = spot(tissue, 1.6)
     b2 = View(tissue, b.cx + rng.uniform(-150, 150), b.cy + rng.uniform(60, 120), 2.4)
-    fade = round(float(rng.uniform(0.5, 2.0)), 2)
+    fade = round(float(rng.uniform(0.5, 2.0)), 2) if fade is None else fade
     if short:
         return Lecture([
             Segment("hold", 1.6, View(slide + "#1", cy=300)),

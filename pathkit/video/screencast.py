@@ -282,7 +282,8 @@ def chunk_truth(truth: dict, duration: float) -> list[tuple[float, float]]:
         k = int(round(t * fps))
         return float(shown[k]) if k < k_end else duration
 
-    return [(at(a), at(b)) for a, b in lecture.chunks()]
+    # the player keeps the last view on screen until the capture stops: a hold that ends the lecture runs on
+    return [(at(a), duration if b >= lecture.duration - 0.5 / fps else at(b)) for a, b in lecture.chunks()]
 
 
 def _xcursor_images(path: Path) -> list[tuple[int, int, int, int, int, np.ndarray]]:
