@@ -45,7 +45,7 @@ def run_clip(path: Path, chunks_too: bool = True) -> dict:
     from pathkit.video.cursor import track_cursor
     from pathkit.video.decode import decode_count, probe
     from pathkit.video.pointer_tracker import track_pointer
-    from pathkit.video.scoring import matched_chunks, per_frame_detections, pointer_scores
+    from pathkit.video.scoring import chunk_scores, per_frame_detections, pointer_scores
     from pathkit.video.screencast import chunk_truth, pointer_truth, truth_path
     from pathkit.video.screencast_family import frame_times
 
@@ -64,11 +64,8 @@ def run_clip(path: Path, chunks_too: bool = True) -> dict:
         true_chunks = chunk_truth(truth, duration)
         det, secs = timed(lambda: stable_chunks(path, VideoConfig()))
         got = [(c.start, c.end) for c in det.chunks]
-        hits = matched_chunks(got, true_chunks, 0.5)
-        p, r = hits / max(1, len(got)), hits / max(1, len(true_chunks))
-        out["chunks"] = {"f1": 2 * p * r / (p + r) if p + r else 0.0, "precision": p, "recall": r,
-                         "true": true_chunks, "detected": got, "speed_vs_decode": (len(times) / secs) /
-                         out["decode_frames_per_s"]}
+        out["chunks"] = {**chunk_scores(got, true_chunks, 0.5), "true": true_chunks, "detected": got,
+                         "speed_vs_decode": (len(times) / secs) / out["decode_frames_per_s"]}
     return out
 
 

@@ -12,8 +12,10 @@ Measures, over several seeds and both backgrounds (procedural tissue, real IHC i
   decoding just the frames pathkit decodes (it skips non-reference frames when the analysis rate is at most
   half the frame rate), which isolates pathkit's own cost; each timing is the best of ``--repeats`` runs,
   taken interleaved per video;
-* pointer: recall on frames where it is visible, median hotspot error (px), false detections on frames
-  without a pointer; grounding: IoU of Quilt-clustered boxes with the true box of the same utterance.
+* pointer, for the default learned detector (``track_pointer``) and the template tracker before it
+  (``track_cursor``): recall within 8 px on frames where it is visible, median hotspot error (px), false
+  detections on frames without a pointer (:func:`pathkit.video.scoring.pointer_scores`); grounding: IoU of
+  Quilt-clustered boxes with the true box of the same utterance.
 
 Two conditions: ``clean`` (pixel-exact pointer, x264 crf 28) and ``rescaled`` (the "screen" rendered 1.5x
 larger and downscaled into the video, so the pointer is small and blurred, x264 crf 32).
@@ -37,17 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from pathkit.provenance import machine_record
-from pathkit.video.scoring import box_iou, matched_chunks
-
-
-def f1(hits: int, n_det: int, n_true: int) -> tuple[float, float, float]:
-    p = hits / n_det if n_det else (1.0 if n_true == 0 else 0.0)
-    r = hits / n_true if n_true else 1.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
-
-
-def gaps(chunks: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    return [(chunks[i][1], chunks[i + 1][0]) for i in range(len(chunks) - 1)]
+from pathkit.video.scoring import (
+    box_iou,
+    chunk_scores,
+    per_frame_detections,
+    pointer_scores,
+    precision_recall_f1,
+)
 
 
 def best_time(repeats: int, fn, *fn_args):
@@ -94,14 +92,16 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
     from pathkit.video.cursor import track_cursor
     from pathkit.video.decode import decode_count
     from pathkit.video.narratives import narrate_video
+    from pathkit.video.pointer_tracker import track_pointer
 
     w, h = (int(v) for v in args.size.lower().split("x"))
     cfg = VideoConfig()
     methods = ("pathkit", "adaptive", "content")
-    totals = {m: {"hits": 0, "det": 0, "gap_hits": 0, "gap_det": 0, "seconds": 0.0} for m in methods}
-    n_true = n_true_gaps = n_frames = 0
+    totals = {m: {"seconds": 0.0} for m in methods}
+    n_true = n_frames = 0
     decode_s = decode_same_s = 0.0
-    cur = {"visible": 0, "found": 0, "errors": [], "hidden": 0, "false": 0, "seconds": 0.0}
+    trackers = {"pathkit_net": track_pointer, "template": track_cursor}  # the default detector, and the one before
+    cur = {m: {"truth": [], "found": [], "seconds": 0.0} for m in trackers}
     ious: list[float] = []
     per_video, example = [], None
     for seed in range(args.seeds):
@@ -110,7 +110,6 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
                                          background=bg, screen_scale=screen_scale, crf=crf)
             true_chunks = [tuple(c) for c in truth.chunks]
             n_true += len(true_chunks)
-            n_true_gaps += len(true_chunks) - 1
             n_frames += truth.n_frames
             row = {"video": truth.path.name, "background": bg, "seed": seed, "true_chunks": true_chunks}
             decode_s += best_time(args.repeats, decode_count, truth.path)[1]
@@ -121,10 +120,8 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
                 results[m] = best_time(args.repeats, run_scenedetect, truth.path, m)
             for m, (chunks, secs) in results.items():
                 t = totals[m]
-                t["hits"] += matched_chunks(chunks, true_chunks, args.tol)
-                t["det"] += len(chunks)
-                t["gap_hits"] += matched_chunks(gaps(chunks), gaps(true_chunks), args.tol)
-                t["gap_det"] += len(chunks) - 1 if chunks else 0
+                for k, v in chunk_scores(chunks, true_chunks, args.tol).items():
+                    t[k] = t.get(k, 0) + v
                 t["seconds"] += secs
                 row[m] = [[round(a, 2), round(b, 2)] for a, b in chunks]
             if example is None:
@@ -135,19 +132,14 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
                 print(f"[{name}] {truth.path.name}: true {len(true_chunks)} chunks; pathkit {len(row['pathkit'])}",
                       flush=True)
                 continue
-            t0 = time.perf_counter()
-            rows = track_cursor(truth.path)
-            cur["seconds"] += time.perf_counter() - t0
-            found = {int(round(r["t"] * truth.fps)): r for r in rows}
-            for i, xy in enumerate(truth.cursor):
-                if xy is None:
-                    cur["hidden"] += 1
-                    cur["false"] += i in found
-                else:
-                    cur["visible"] += 1
-                    if i in found:
-                        cur["found"] += 1
-                        cur["errors"].append(float(np.hypot(found[i]["x"] - xy[0], found[i]["y"] - xy[1])))
+            times = np.arange(truth.n_frames) / truth.fps
+            txy = np.array([xy if xy is not None else (np.nan, np.nan) for xy in truth.cursor], float)
+            for m, track in trackers.items():
+                t0 = time.perf_counter()
+                rows = track(truth.path)
+                cur[m]["seconds"] += time.perf_counter() - t0
+                cur[m]["truth"].append(txy)
+                cur[m]["found"].append(per_frame_detections(rows, times))
             nar = narrate_video(truth.path, truth.transcript, work / f"narratives_{name}", cfg)
             truth_box = {round(u.start, 2): u.box for u in truth.utterances if u.box}
             for r in nar:
@@ -161,18 +153,16 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
     summary = {}
     for m in methods:
         t = totals[m]
-        p, r, f = f1(t["hits"], t["det"], n_true)
-        gp, gr, gf = f1(t["gap_hits"], t["gap_det"], n_true_gaps)
+        p, r, f = precision_recall_f1(t["hits"], t["detected"], n_true)
+        gp, gr, gf = precision_recall_f1(t["transition_hits"], t["transitions_detected"], t["transitions_true"])
         summary[m] = {"chunk_precision": p, "chunk_recall": r, "chunk_f1": f, "transition_f1": gf,
                       "transition_precision": gp, "transition_recall": gr, "frames_per_s": n_frames / t["seconds"]}
     decode_fps = n_frames / decode_s
     decode_same_fps = n_frames / decode_same_s
-    errors = np.array(cur["errors"]) if cur["errors"] else np.array([np.nan])
-    cursor = None if args.chunks_only else {
-        "recall": cur["found"] / max(1, cur["visible"]), "median_error_px": float(np.median(errors)),
-        "p95_error_px": float(np.percentile(errors, 95)),
-        "false_detection_rate": cur["false"] / max(1, cur["hidden"]), "hidden_frames": cur["hidden"],
-        "visible_frames": cur["visible"], "frames_per_s": n_frames / cur["seconds"]}
+    pointers = None if args.chunks_only else {
+        m: {**pointer_scores(np.concatenate(c["truth"]), np.zeros(n_frames, bool), np.concatenate(c["found"])),
+            "frames_per_s": n_frames / c["seconds"]} for m, c in cur.items()}
+    cursor = pointers and pointers["pathkit_net"]
     best_peer_f1 = max(summary["adaptive"]["chunk_f1"], summary["content"]["chunk_f1"])
     best_peer_fps = max(summary["adaptive"]["frames_per_s"], summary["content"]["frames_per_s"])
     return {
@@ -184,6 +174,7 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
         "speed_ratio_pathkit_vs_decode_same_frames": summary["pathkit"]["frames_per_s"] / decode_same_fps,
         "speed_ratio_pathkit_vs_best_scenedetect": summary["pathkit"]["frames_per_s"] / best_peer_fps,
         "cursor": cursor,
+        "cursor_template": pointers and pointers["template"],
         "grounding_box_iou": {"mean": float(np.mean(ious)) if ious else None,
                               "frac_iou_gt_0.3": float(np.mean(np.array(ious) > 0.3)) if ious else None,
                               "n": len(ious)},

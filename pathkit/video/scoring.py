@@ -22,6 +22,30 @@ def matched_chunks(detected: Sequence[tuple[float, float]], truth: Sequence[tupl
     return hits
 
 
+def precision_recall_f1(hits: int, n_detected: int, n_true: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 from match counts (nothing to find and nothing found scores 1)."""
+    p = hits / n_detected if n_detected else (1.0 if n_true == 0 else 0.0)
+    r = hits / n_true if n_true else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def transitions(chunks: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The gaps between consecutive chunks: a cut has zero length, a pan or crossfade its span."""
+    return [(chunks[i][1], chunks[i + 1][0]) for i in range(len(chunks) - 1)]
+
+
+def chunk_scores(detected: Sequence[tuple[float, float]], truth: Sequence[tuple[float, float]],
+                 tol: float = 0.5) -> dict[str, float]:
+    """Chunks and the transitions between them scored against ground truth at ``tol`` s: match counts (to pool
+    over videos) and this video's precision, recall and F1."""
+    hits = matched_chunks(detected, truth, tol)
+    p, r, f = precision_recall_f1(hits, len(detected), len(truth))
+    gap_hits = matched_chunks(transitions(detected), transitions(truth), tol)
+    return {"hits": hits, "detected": len(detected), "true": len(truth), "precision": p, "recall": r, "f1": f,
+            "transition_hits": gap_hits, "transitions_detected": max(0, len(detected) - 1),
+            "transitions_true": max(0, len(truth) - 1)}
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two ``[x1, y1, x2, y2]`` boxes (0 when both are empty)."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
