@@ -17,6 +17,9 @@ Measures, over several seeds and both backgrounds (procedural tissue, real IHC i
   detections on frames without a pointer (:func:`pathkit.video.scoring.pointer_scores`); grounding: IoU of
   Quilt-clustered boxes with the true box of the same utterance.
 
+Transitions (``run_transitions``, skip with ``--no-transitions``): chunk F1 on lecture scripts rendered without
+X: crossfades of 0.5 to 2 s between similar views, a slow pan + zoom, a webcam box, a slide build, a black gap.
+
 Two conditions: ``clean`` (pixel-exact pointer, x264 crf 28) and ``rescaled`` (the "screen" rendered 1.5x
 larger and downscaled into the video, so the pointer is small and blurred, x264 crf 32).
 Writes figures/video_benchmark.json and figures/video_benchmark.png.
@@ -190,6 +193,37 @@ def run_condition(args, name: str, screen_scale: float, crf: int, work: Path) ->
     }
 
 
+def run_transitions(args, work: Path) -> dict:
+    """Chunk F1 of pathkit (and PySceneDetect) on lecture scripts rendered without X
+    (:mod:`pathkit.video.lecture_video`): crossfades of 0.5, 1, 1.5 and 2 s between two nearby views of one
+    image, a slow pan + zoom, a slide build, a black gap, every other video with a webcam box, 640x360."""
+    from pathkit.config import VideoConfig
+    from pathkit.video.chunks import stable_chunks
+    from pathkit.video.lecture_script import demo_lecture
+    from pathkit.video.lecture_video import write_lecture_video
+
+    rows, totals = [], {m: {} for m in ("pathkit", "adaptive", "content")}
+    for seed in range(args.seeds):
+        for fade in (0.5, 1.0, 1.5, 2.0):
+            webcam = seed % 2 == 1
+            path = work / f"transitions_{seed}_{fade}.mp4"
+            truth = write_lecture_video(path, demo_lecture(seed, webcam, fade=fade), (640, 360), seed=seed)
+            got = {"pathkit": [(c.start, c.end) for c in stable_chunks(path, VideoConfig()).chunks],
+                   **{m: run_scenedetect(path, m) for m in ("adaptive", "content")}}
+            row = {"seed": seed, "fade_s": fade, "webcam": webcam, "true": truth}
+            for m, chunks in got.items():
+                sc = chunk_scores(chunks, truth, args.tol)
+                for k in ("hits", "detected", "true"):
+                    totals[m][k] = totals[m].get(k, 0) + sc[k]
+                row[m] = {"f1": sc["f1"], "detected": [[round(a, 2), round(b, 2)] for a, b in chunks]}
+            rows.append(row)
+            print(f"[transitions] seed {seed} fade {fade}s webcam {webcam}: pathkit F1 {row['pathkit']['f1']:.2f}",
+                  flush=True)
+    summary = {m: {"chunk_f1": precision_recall_f1(t["hits"], t["detected"], t["true"])[2],
+                   "chunk_f1_worst_video": float(min(r[m]["f1"] for r in rows))} for m, t in totals.items()}
+    return {"videos": len(rows), "summary": summary, "per_video": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=4)
@@ -203,6 +237,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="time each chunk detector and baseline this many "
                                                            "times per video and keep the fastest")
     ap.add_argument("--chunks-only", action="store_true", help="skip pointer tracking and narratives (speed runs)")
+    ap.add_argument("--no-transitions", action="store_true", help="skip the lecture-script transition cases")
     args = ap.parse_args()
 
     import scenedetect
@@ -229,6 +264,8 @@ def main() -> None:
     for name in args.conditions.split(","):
         scale, crf = CONDITIONS[name]
         report["conditions"][name] = run_condition(args, name, scale, crf, work)
+    if not args.no_transitions:
+        report["transitions"] = run_transitions(args, work)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +277,8 @@ def main() -> None:
                                        "speed_ratio_pathkit_vs_decode_same_frames",
                                        "speed_ratio_pathkit_vs_best_scenedetect", "cursor", "grounding_box_iou",
                                        "goals") if k in c} for name, c in report["conditions"].items()}
+    if "transitions" in report:
+        brief["transitions"] = report["transitions"]["summary"]
     print(json.dumps(brief, indent=2))
 
 
