@@ -6,7 +6,7 @@ cursor theme, so real themes measure generalisation. Two paths: a stride-4 path 
 as a whole, or the text around a look-alike corner); the head joins them. Per output cell: the logit that
 the hotspot falls in that 4 x 4 pixel cell and the hotspot's offset inside it.
 
-The weights ship with the package (``weights/pointer_net.safetensors``, float16, ~190 KB) and are rebuilt by
+The weights ship with the package (``weights/pointer_net.safetensors``, float16, ~130 KB) and are rebuilt by
 ``python -m pathkit.video.pointer_train``.
 """
 

@@ -1,10 +1,19 @@
 """Procedurally varied mouse pointers composited onto lecture-like patches: the pointer detector's training data.
 
-No cursor theme is used: pointers are pathkit's own vector drawings (an arrow and a pointing hand as polygons
-and rounded boxes) with random proportions, tilt, size (10 to 70 px), fill (white, black, any colour, flat,
-gradient or translucent), outline (the contrasting polarity, 0 to 3 px), anti-aliasing and drop shadow. They are
-pasted onto crops of photographs and pathkit's procedural tissue, text slides, flat and black screens, then
-the patch is downscaled by a random factor and JPEG-compressed (what x264 and a smaller video do to it).
+No cursor theme is used: pointers are pathkit's own vector drawings with random proportions, direction, size
+(9 to 72 px, a fifth of them 9 to 16 px), fill (white, black, any colour; flat, glassy gradient in any
+direction, an inner rim, translucent), outline (the contrasting polarity, 1 to 3 px; rarely none),
+anti-aliasing and drop shadow:
+
+* arrows: the classic desktop arrow (with or without a tail) and block arrows (a head on a shaft), mostly
+  upright, some pointing left, right, down or any way; hotspot at the tip;
+* hands: an index finger rising from a palm with curled-finger stubs and a thumb, right or left hand, upright,
+  up-left, sideways or any way; hotspot at the fingertip;
+* a few of pathkit's own pixel-art pointers (the synthetic lectures' pointer; no real theme).
+
+They are pasted onto crops of photographs and pathkit's procedural tissue, text slides, flat and black screens,
+some with hard negatives (dark or coloured angular blobs without an outline, like a nucleus cluster), then the
+patch is downscaled by a random factor and JPEG-compressed (what x264 and a smaller video do to it).
 
 A sample is ``(patch RGB uint8 (S, S, 3), hotspot (x, y) float or None)``.
 """
@@ -34,48 +43,86 @@ def _arrow_polygon(rng: np.random.Generator) -> np.ndarray:
     return np.array(pts, np.float64)
 
 
+def _pointer_angle(rng: np.random.Generator) -> float:
+    """Degrees about the hotspot: mostly upright (+-12), sometimes any direction (left/right/up arrows)."""
+    r = rng.random()
+    if r < 0.8:
+        return float(rng.uniform(-12, 12))
+    if r < 0.88:
+        return float(rng.choice([90.0, -90.0, 180.0, 45.0, -45.0]) + rng.uniform(-8, 8))
+    return float(rng.uniform(-180, 180))
+
+
 def _draw_arrow(rng: np.random.Generator, height: float, canvas: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """Supersampled mask of an arrow (tilted up to +-12 degrees about its tip) and the tip position."""
+    """Supersampled mask of an arrow (the classic one, or a block arrow: head on a shaft) and the tip position."""
     import cv2
 
-    poly = _arrow_polygon(rng)
-    poly[:, 0] *= rng.uniform(0.85, 1.15)  # aspect
-    a = np.deg2rad(rng.uniform(-12, 12))
+    if rng.random() < 0.2:
+        poly = _block_arrow_polygon(rng)
+    else:
+        poly = _arrow_polygon(rng)
+        poly[:, 0] *= rng.uniform(0.85, 1.15)  # aspect
+    a = np.deg2rad(_pointer_angle(rng))
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     poly = poly @ rot.T * height * SS
-    tip = np.array([canvas * SS * 0.35, canvas * SS * 0.3])
+    tip = np.array([canvas * SS * 0.5, canvas * SS * 0.5])
     mask = np.zeros((canvas * SS, canvas * SS), np.uint8)
     cv2.fillPoly(mask, [np.round(poly + tip).astype(np.int32)], 255, cv2.LINE_8)
     return mask, (float(tip[0]), float(tip[1]))
 
 
+def _block_arrow_polygon(rng: np.random.Generator) -> np.ndarray:
+    """A symmetric arrow pointing up: a triangular head on a rectangular shaft, tip at (0, 0), length 1."""
+    head = rng.uniform(0.35, 0.6)  # head length
+    half = rng.uniform(0.22, 0.38)  # head half-width
+    shaft = half * rng.uniform(0.3, 0.55)
+    return np.array([(0, 0), (half, head), (shaft, head), (shaft, 1.0), (-shaft, 1.0), (-shaft, head), (-half, head)],
+                    np.float64)
+
+
 def _draw_hand(rng: np.random.Generator, height: float, canvas: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """Supersampled mask of a pointing hand: an upright index finger over a fist, fingertip = hotspot."""
+    """Supersampled mask of a pointing hand: an index finger over a fist (knuckles, a thumb), fingertip =
+    hotspot; pointing up, up-left, sideways or any way."""
     import cv2
 
     u = height * SS
-    fw = u * rng.uniform(0.17, 0.24)  # finger width
-    tip = np.array([canvas * SS * 0.45, canvas * SS * 0.22])
+    fw = u * rng.uniform(0.15, 0.26)  # finger width
+    tip = np.array([canvas * SS * 0.5, canvas * SS * 0.5])
     mask = np.zeros((canvas * SS, canvas * SS), np.uint8)
     x0, y0 = tip[0] - fw / 2, tip[1]
-    finger_len = u * rng.uniform(0.42, 0.55)
+    finger_len = u * rng.uniform(0.38, 0.6)
     cv2.rectangle(mask, (int(x0), int(y0 + fw / 2)), (int(x0 + fw), int(y0 + finger_len)), 255, -1)
     cv2.circle(mask, (int(tip[0]), int(y0 + fw / 2)), int(fw / 2), 255, -1)
-    palm_left = x0 - u * rng.uniform(0.05, 0.2)
-    palm_right = x0 + fw + u * rng.uniform(0.3, 0.45)
-    palm_top, palm_bottom = y0 + finger_len * rng.uniform(0.6, 0.8), y0 + u
-    r = int(u * 0.12)
+    # the index finger rises from the palm's left part; the palm reaches right past the curled fingers
+    palm_left = x0 - u * (rng.uniform(0.0, 0.1) if rng.random() < 0.7 else rng.uniform(0.1, 0.25))
+    palm_right = x0 + fw + u * rng.uniform(0.3, 0.55)
+    palm_top, palm_bottom = y0 + finger_len * rng.uniform(0.6, 0.9), y0 + u * rng.uniform(0.85, 1.05)
+    r = int(u * rng.uniform(0.06, 0.14))
     cv2.rectangle(mask, (int(palm_left + r), int(palm_top)), (int(palm_right - r), int(palm_bottom)), 255, -1)
     cv2.rectangle(mask, (int(palm_left), int(palm_top + r)), (int(palm_right), int(palm_bottom - r)), 255, -1)
     for cx, cy in ((palm_left + r, palm_top + r), (palm_right - r, palm_top + r),
                    (palm_left + r, palm_bottom - r), (palm_right - r, palm_bottom - r)):
         cv2.circle(mask, (int(cx), int(cy)), r, 255, -1)
-    if rng.random() < 0.7:  # the thumb, out to the left
-        cv2.ellipse(mask, (int(palm_left), int(palm_top + u * 0.22)), (int(u * 0.16), int(u * 0.08)),
-                    float(rng.uniform(20, 50)), 0, 360, 255, -1)
-    a = rng.uniform(-10, 10)
+    if rng.random() < 0.85:  # the curled fingers: rounded stubs right of the index finger, rising above the palm
+        n = int(rng.choice([2, 3, 3, 3]))
+        kw = (palm_right - (x0 + fw)) / n
+        for i in range(n):
+            kx0 = x0 + fw + kw * i + kw * 0.05
+            top = palm_top - u * rng.uniform(0.0, 0.15) + i * u * rng.uniform(0.0, 0.04)
+            rr = max(1, int(kw * 0.45))
+            cv2.rectangle(mask, (int(kx0), int(top + rr)), (int(kx0 + kw * 0.9), int(palm_top + r)), 255, -1)
+            cv2.circle(mask, (int(kx0 + kw * 0.45), int(top + rr)), rr, 255, -1)
+    if rng.random() < 0.6:  # the thumb, a bulge out to the lower left
+        cv2.ellipse(mask, (int(palm_left), int(palm_top + u * rng.uniform(0.12, 0.3))),
+                    (int(u * rng.uniform(0.08, 0.18)), int(u * rng.uniform(0.05, 0.1))),
+                    float(rng.uniform(0, 60)), 0, 360, 255, -1)
+    r = rng.random()  # mostly upright; sometimes pointing up-left or sideways; rarely any way
+    a = rng.uniform(-12, 12) if r < 0.75 else rng.uniform(-60, 20) if r < 0.92 else rng.uniform(-180, 180)
     m = cv2.getRotationMatrix2D((float(tip[0]), float(tip[1])), a, 1.0)
     mask = cv2.warpAffine(mask, m, mask.shape[::-1], flags=cv2.INTER_NEAREST)
+    if rng.random() < 0.25:  # a left hand (thumb on the right)
+        mask = np.ascontiguousarray(mask[:, ::-1])
+        return mask, (float(mask.shape[1] - 1 - tip[0]), float(tip[1]))
     return mask, (float(tip[0]), float(tip[1]))
 
 
@@ -88,7 +135,7 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     """One pointer at ``canvas`` px: (RGB float (c, c, 3), alpha float (c, c) in [0, 1], hotspot (x, y))."""
     import cv2
 
-    kind = "hand" if rng.random() < 0.35 else "arrow"
+    kind = "hand" if rng.random() < 0.4 else "arrow"
     body, (tx, ty) = (_draw_hand if kind == "hand" else _draw_arrow)(rng, height, canvas)
     style = rng.random()
     if style < 0.38:
@@ -98,23 +145,35 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     else:
         fill = _random_colour(rng)
         outline = np.full(3, 0.0 if fill.mean() > 110 or rng.random() < 0.4 else 255.0)
-    # outline: 0 to 3 px of the final pointer (1 px of a pointer ~20 px tall is 1/20 of its height)
-    width_px = int(rng.choice([0, 1, 1, 1, 2, 2, 3])) if style >= 0.76 else int(rng.choice([1, 1, 1, 2, 2, 3]))
-    k = max(1, int(round(width_px * SS * max(1.0, height / 24))))
+    # outline: 0 to 3 px of the final pointer (1 px of a pointer ~20 px tall is 1/20 of its height); themes
+    # without one are rare (a coloured fill with a drop shadow), a look-alike dark blob in tissue is common
+    width_px = int(rng.choice([0, 1, 1, 1, 2, 2, 3])) if style >= 0.9 else int(rng.choice([1, 1, 1, 1, 2, 2, 3]))
+    k = max(1, int(round(width_px * SS * max(1.0, height / 24) * rng.uniform(0.7, 1.2))))
     outer = cv2.dilate(body, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) if width_px else body
-    if width_px:  # the outline grows past the tip: the hotspot is the drawn tip, the pointer's topmost pixel
+    if width_px:  # the outline grows past the tip: the hotspot is the outline's pixel at the tip farthest out
+        ys, xs = np.nonzero(body)
+        cx, cy = xs.mean(), ys.mean()
         ys, xs = np.nonzero(outer)
-        top = ys == ys.min()
-        tx, ty = float(xs[top][np.argmin(np.abs(xs[top] - tx))]), float(ys.min())
+        near = np.hypot(xs - tx, ys - ty) <= 1.5 * k + SS
+        i = np.argmax(np.hypot(xs[near] - cx, ys[near] - cy))
+        tx, ty = float(xs[near][i]), float(ys[near][i])
     c = canvas * SS
     rgb = np.zeros((c, c, 3), np.float32)
     rgb[outer > 0] = outline
     inside = body > 0
-    if rng.random() < 0.3:  # a vertical gradient in the fill (glassy themes)
-        g = np.linspace(rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3), c, dtype=np.float32)[:, None, None]
-        rgb[inside] = np.clip(fill * g, 0, 255)[np.nonzero(inside)[0], 0]
+    if rng.random() < 0.35:  # a gradient across the fill (glassy themes), in any direction
+        d = rng.normal(size=2)
+        d /= np.linalg.norm(d) + 1e-6
+        yy, xx = np.nonzero(inside)
+        u = (xx * d[0] + yy * d[1]) / c
+        u = (u - u.min()) / max(1e-6, np.ptp(u))
+        lo, hi = rng.uniform(0.55, 1.0), rng.uniform(1.0, 1.45)
+        rgb[inside] = np.clip(fill[None] * (lo + (hi - lo) * u)[:, None] + rng.uniform(-30, 30), 0, 255)
     else:
         rgb[inside] = fill
+    if width_px and rng.random() < 0.2:  # an inner rim of a third tone (glass and 3-D themes)
+        rim = inside & ~(cv2.erode(body, np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0)
+        rgb[rim] = rng.uniform(0, 255, 3)
     alpha = (outer > 0).astype(np.float32)
     if rng.random() < 0.15:  # translucent fill
         alpha[inside] = rng.uniform(0.55, 0.9)
@@ -133,6 +192,23 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     return rgb, alpha, ((tx + 0.5) / SS - 0.5, (ty + 0.5) / SS - 0.5)
 
 
+def pathkit_art_sprite(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """pathkit's own pointer pixel art (what its synthetic lectures draw, :mod:`pathkit.video.cursor_shapes`) at
+    an integer or fractional scale, as a square sprite: not a real cursor theme, so no evaluation theme leaks."""
+    from pathkit.video.cursor_shapes import SHAPES, resized_shape
+
+    scale = float(rng.choice([1, 1, 2, 3])) if rng.random() < 0.7 else float(rng.uniform(0.6, 2.0))
+    shape = resized_shape(SHAPES[str(rng.choice(["arrow", "hand"]))], scale,
+                          (float(rng.uniform(0, 1)), float(rng.uniform(0, 1))))
+    h, w = shape.grey.shape
+    c = max(h, w) + 2
+    rgb = np.zeros((c, c, 3), np.float32)
+    alpha = np.zeros((c, c), np.float32)
+    rgb[:h, :w] = shape.grey[..., None]
+    alpha[:h, :w] = shape.mask
+    return rgb, alpha, (float(shape.hotspot[0]), float(shape.hotspot[1]))
+
+
 @lru_cache(maxsize=1)
 def _photo_pool() -> tuple[np.ndarray, ...]:
     """Background images: scikit-image's photographs and scanned text (not its IHC image, which is evaluation
@@ -147,7 +223,7 @@ def _photo_pool() -> tuple[np.ndarray, ...]:
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, 2)
         out.append(np.ascontiguousarray(img[..., :3]))
-    for seed in (101, 102):
+    for seed in range(101, 107):
         out.append(synthetic_background(384, 384, np.random.default_rng(seed))[0])
     return tuple(out)
 
@@ -196,6 +272,27 @@ def background_patch(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(g[:, None], size, 1).astype(np.uint8))
 
 
+def _paste_lookalikes(rng: np.random.Generator, bg: np.ndarray) -> None:
+    """Hard negatives, in place: dark or coloured angular blobs with a sharp corner and no outline (a nucleus
+    cluster, a letter's serif), which a detector of "corner with a contrasting edge" could take for a pointer."""
+    import cv2
+
+    size = bg.shape[0]
+    for _ in range(int(rng.integers(1, 4))):
+        r = rng.uniform(4, 22)
+        n = int(rng.integers(3, 7))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = r * rng.uniform(0.5, 1.2, n)
+        c = rng.uniform(0, size, 2)
+        poly = np.stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)], 1)
+        mask = np.zeros(bg.shape[:2], np.float32)
+        cv2.fillPoly(mask, [np.round(poly * 4).astype(np.int32)], 1.0, cv2.LINE_AA, shift=2)
+        mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.3, 1.2))[..., None]
+        colour = bg.reshape(-1, 3).min(0) * rng.uniform(0.3, 1.0) if rng.random() < 0.6 else rng.uniform(0, 255, 3)
+        bg *= 1 - mask
+        bg += mask * colour
+
+
 @dataclass
 class RenderPools:
     """Pre-rendered pointers and backgrounds (drawing them is the slow part); samples mix them freely."""
@@ -208,8 +305,12 @@ class RenderPools:
               ) -> RenderPools:
         sprites = []
         for _ in range(n_sprites):
-            height = float(np.exp(rng.uniform(np.log(10), np.log(72))))
-            sprites.append(render_pointer(rng, height, int(height * 1.6) + 8))
+            small = rng.random() < 0.2  # the smallest themes (10 to 16 px) are the hardest to see
+            height = float(np.exp(rng.uniform(np.log(9), np.log(16 if small else 72))))
+            if rng.random() < 0.06:
+                sprites.append(pathkit_art_sprite(rng))
+                continue
+            sprites.append(render_pointer(rng, height, int(height * 2.3) + 8))
         return RenderPools(sprites, [background_patch(rng, 2 * size) for _ in range(n_backgrounds)])
 
 
@@ -223,6 +324,8 @@ def training_sample(rng: np.random.Generator, pools: RenderPools, size: int = 96
     src = pools.backgrounds[int(rng.integers(len(pools.backgrounds)))]
     y0, x0 = (int(rng.integers(0, src.shape[i] - big + 1)) for i in (0, 1))
     bg = src[y0:y0 + big, x0:x0 + big].astype(np.float32)
+    if rng.random() < 0.3:
+        _paste_lookalikes(rng, bg)
     hot = None
     if rng.random() < p_pointer:
         rgb, alpha, (hx, hy) = pools.sprites[int(rng.integers(len(pools.sprites)))]
