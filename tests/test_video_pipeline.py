@@ -90,6 +90,20 @@ def test_cursor_recall_error_and_false_detections(lectures):
         assert {r["shape"].split("@")[0] for r in rows} == {lec.cursor_kind}
 
 
+def test_default_detector_keeps_the_exact_hotspot_on_pathkit_lectures(lectures):
+    """The learned detector (the default) on pathkit's own lectures: as good as the template tracker, to the pixel
+    (pathkit's pixel art, matched around the network's detection, gives the exact hotspot)."""
+    from pathkit.video.pointer_tracker import track_pointer
+    from pathkit.video.scoring import per_frame_detections, pointer_scores
+
+    for lec in lectures:
+        times = np.arange(lec.n_frames) / lec.fps
+        xy = np.array([c if c is not None else (np.nan, np.nan) for c in lec.cursor], float)
+        s = pointer_scores(xy, np.zeros(len(xy), bool), per_frame_detections(track_pointer(lec.path), times))
+        assert s["recall"] >= 0.95 and s["median_error_px"] <= 0.5, (lec.path.name, s)
+        assert s["false_detection_rate"] <= 0.02, (lec.path.name, s)
+
+
 def test_representative_frame_removes_the_pointer(lectures):
     lec = lectures[0]
     a, b = lec.chunks[0]

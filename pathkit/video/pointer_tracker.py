@@ -40,8 +40,6 @@ class PointerTracker:
     max_motion_fraction: float = 0.05  # above this the view itself changed: motion says nothing
     recheck: int = 25  # frames between full searches while a pointer is tracked through still frames
     arrival_drop: float = 0.2  # a pointer that moved onto changed pixels scored this much less there a frame before
-    busy_rate: float = 0.05  # a running share of frames in which each pixel changed ...
-    busy_level: float = 0.25  # ... above which its changes are ignored (a webcam box)
     near: int = 24  # a candidate this close (pixels) to the last position continues the track
     window: int = 56  # half-size of the window searched around the last position
     reacquire: int = 10  # frames after losing the pointer during which it is looked for near where it was
@@ -53,7 +51,6 @@ class PointerTracker:
     def __post_init__(self) -> None:
         self._prev: np.ndarray | None = None
         self._last: tuple[float, float, float] | None = None
-        self._busy: np.ndarray | None = None  # running share of frames in which each pixel changed
         self._prev_rgb: np.ndarray | None = None
         self._moved = False  # the tracked pointer has moved since it was found (a look-alike in the content never does)
         self._lost: tuple[float, float, float] | None = None  # where the pointer was last seen, once lost
@@ -66,16 +63,9 @@ class PointerTracker:
 
         prev, self._prev = self._prev, grey
         if prev is None or prev.shape != grey.shape:
-            self._busy = None
             return None
         changed = (cv2.absdiff(prev, grey) > self.motion_threshold).view(np.uint8)
-        if changed.mean() > self.max_motion_fraction:
-            return None
-        # pixels that keep changing (a webcam box with a moving face) are no evidence of the pointer
-        busy = changed.astype(np.float32)
-        self._busy = busy if self._busy is None else cv2.addWeighted(self._busy, 1 - self.busy_rate, busy,
-                                                                     self.busy_rate, 0.0)
-        return changed & (self._busy < self.busy_level).view(np.uint8)
+        return None if changed.mean() > self.max_motion_fraction else changed
 
     def update(self, frame: np.ndarray) -> tuple[float, float, float] | None:
         """Detect in one frame (RGB, or grey); returns ``(x, y, score)`` or None."""
