@@ -7,8 +7,10 @@ append one JSON line per finished item (flushed and fsynced) so a killed run res
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,8 +47,6 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
 
     Concurrent runs that share a data folder build it once: the second waits, then finds it complete. The lock
     dies with its process, so a killed build never leaves the folder locked."""
-    import fcntl
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = folder.parent / f".{folder.name}.lock"
@@ -61,8 +61,6 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
 def replace_folder(tmp: str | Path, final: str | Path) -> Path:
     """Move a finished folder ``tmp`` onto ``final``: an old ``final`` is renamed aside first, then removed, so a
     folder under its final name is always complete (call under :func:`folder_lock`)."""
-    import shutil
-
     tmp, final = Path(tmp), Path(final)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():

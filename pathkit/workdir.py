@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pathkit.config import Config
 from pathkit.io import PathkitError, folder_lock, read_json, write_json, write_jsonl
 from pathkit.synthetic.slides import DIAGNOSES
@@ -64,8 +66,6 @@ def closed_question_records(rows: list[dict[str, Any]], per_image: int, seed: in
 
     For each row (``image``, ``label``, ``attributes``) ``per_image`` questions alternate a yes/no question about
     the true class or another one (balanced) and a lettered choice with freshly drawn options."""
-    import numpy as np
-
     out = []
     for i, row in enumerate(rows):
         rng = np.random.default_rng([seed, 7, i])

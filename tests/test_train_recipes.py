@@ -88,7 +88,8 @@ def test_override_stage_fields():
 
 def test_set_wins_over_the_recipe_and_reaches_every_stage_config():
     from pathkit.config import Config
-    from pathkit.train.runner import stage_config, with_overrides
+    from pathkit.train.recipes import with_overrides
+    from pathkit.train.runner import stage_config
 
     recipe = get_recipe("pa_llava", "tiny")
     assert recipe.config["llm.lora_r"] == 16

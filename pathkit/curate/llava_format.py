@@ -26,8 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from pathkit.io import PathkitError
-from pathkit.wsi.features import FEATURE_SUFFIXES  # an ``image`` with one of these is a slide feature file
+from pathkit.wsi.features import (
+    FEATURE_SUFFIXES,  # an ``image`` with one of these is a slide feature file
+    read_features,
+)
 
 IMAGE_TOKEN = "<image>"
 DESCRIBE_PROMPTS = (
@@ -289,8 +294,6 @@ def check_llava_file(path: str | Path, image_folder: str | Path | None = None, c
 
 
 def _image_problem(path: Path, rel: Path) -> str | None:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.verify()
@@ -313,7 +316,6 @@ def feature_width(path: str | Path) -> int:
         except OSError as err:
             raise PathkitError(f"{path}: not an HDF5 file ({err})") from err
         return int(shape[-1])
-    from pathkit.wsi.features import read_features
 
     _, feats, _ = read_features(path)
     if feats is None:

@@ -9,7 +9,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pathkit.eval import metrics as M
+from pathkit.models.vlm import VisionLanguageModel
 
 # Numbers the seeds PUBLISHED (not measured by pathkit), from reference/seed-systems.md; source tags as there.
 SEED_PUBLISHED: dict[str, Any] = {
@@ -112,7 +115,6 @@ def disagreement_table(examples: Sequence[tuple[str, str]] = (
 def plot_metrics_with_ci(metrics_by_model: dict[str, dict[str, Any]], path: str | Path | None = None):
     """Per question category: closed accuracy (closed categories) or open recall (open ones), 95% CI bars."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     cats = sorted({c for m in metrics_by_model.values() for c in m["by_category"]})
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cats) + 2), 3.8))
@@ -147,7 +149,6 @@ def plot_metrics_with_ci(metrics_by_model: dict[str, dict[str, Any]], path: str 
 def plot_variants(metrics_by_model: dict[str, dict[str, Any]], path: str | Path | None = None):
     """The same answers scored by pathkit's rule and by each seed's closed-accuracy code."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names = ["pathkit", *M.SEED_CLOSED_VARIANTS]
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -175,7 +176,6 @@ def plot_variants(metrics_by_model: dict[str, dict[str, Any]], path: str | Path 
 def plot_seed_numbers(path: str | Path | None = None):
     """The HuatuoGPT-Vision README table (published numbers, not pathkit's)."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     table = SEED_PUBLISHED["huatuogpt_vision_table"]
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -285,7 +285,6 @@ def ensure_eval_models(workdir: str | Path, cfg: Any, recipe: str = "quilt_llava
                                "per stage (run notebook 07 for the full tiny recipe)")
         except ImportError:
             pass
-    from pathkit.models.vlm import VisionLanguageModel
 
     out = Path(workdir) / "eval" / "untrained" / "model"
     if not (out / "pathkit_vlm.json").exists():

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 from pathkit.io import read_json, read_jsonl
+from pathkit.synthetic.slides import SlideTruth
+from pathkit.synthetic.text import report_for_slide
+from pathkit.synthetic.tissue import CLASSES
 
 
 def _diagnoses() -> dict[str, tuple[str, ...]]:
@@ -73,16 +76,12 @@ def slide_report_rows(slides_root: str | Path | None = None, n: int = 8, seed: i
     diagnoses = _diagnoses()
     manifest = Path(slides_root) / "slides.jsonl" if slides_root else None
     if manifest is not None and manifest.is_file():
-        from pathkit.synthetic.slides import SlideTruth
-
         out = []
         for r in read_jsonl(manifest):
             t = SlideTruth.load(r["slide"])
             out.append({"id": Path(t.slide).stem, "image": t.slide, "report": t.report,
                         "facts": {"diagnosis": t.diagnosis, "choices": sorted(diagnoses)}})
         return out
-    from pathkit.synthetic.text import report_for_slide
-    from pathkit.synthetic.tissue import CLASSES
 
     rng = np.random.default_rng(seed)
     names = sorted(diagnoses)

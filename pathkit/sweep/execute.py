@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,6 @@ def stderr_to(fh) -> Iterator[None]:
     The kernel papermill launches inherits it, so its own warnings land in the run's log, not in the
     terminal or, when a notebook runs the sweep, in that notebook's output.
     """
-    import sys
-
     sys.stderr.flush()
     saved = os.dup(2)
     os.dup2(fh.fileno(), 2)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pathkit.synthetic.tissue import CLASSES
+from pathkit.video.decode import iter_frames
+from pathkit.wsi.slide import open_slide
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,9 +65,6 @@ def slide_and_video_figure(slide_truth: Any, video_truth: Any, n_frames: int = 3
     sentence as the caption."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-
-    from pathkit.video.decode import iter_frames
-    from pathkit.wsi.slide import open_slide
 
     fig = plt.figure(figsize=(4.2 * n_frames, 8.6))
     grid = fig.add_gridspec(2, 3 * n_frames)

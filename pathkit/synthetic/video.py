@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -437,8 +438,6 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
     noise_rng = np.random.default_rng([seed, 11])
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format="mp4") as container:
-            from fractions import Fraction
-
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = fw, fh, "yuv420p"
             stream.options = {"crf": str(crf), "preset": "veryfast"}

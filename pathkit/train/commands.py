@@ -42,7 +42,9 @@ def train_command(
     stages: bool = typer.Option(False, "--stages", help="list each stage's name, kind and data view, and exit"),
     set_: list[str] = typer.Option(None, "--set", help="override: a Config field (train.strategy=ddp, "
                                    "llm.lora_r=8) or a stage field (<stage>.lr=1e-4, <stage>.grad_accum=4, "
-                                   "*.epochs=1); a key that nothing reads is an error"),
+                                   "*.epochs=1); where a stage and a Config section share a name (pa_llava's "
+                                   "clip), the field decides, or write stage.clip.lr / config.clip.embed_dim; "
+                                   "a key that nothing reads is an error"),
     data_seed: int = typer.Option(None, "--data-seed", help="which synthetic data set (synthetic.seed); the "
                                   "training seed is --set seed=N"),
     out: Path = typer.Option(None, "--out", help="output folder: stages, checkpoints, logs, summary.json"),
@@ -63,9 +65,8 @@ def train_command(
     from pathkit.config import Config, parse_set
     from pathkit.eval.recipe_run import train_and_evaluate
     from pathkit.io import PathkitError
-    from pathkit.train.recipes import get_recipe
+    from pathkit.train.recipes import get_recipe, with_overrides
     from pathkit.train.records import BadRecordsError
-    from pathkit.train.runner import with_overrides
 
     changes = parse_set(set_)
     if data_seed is not None:

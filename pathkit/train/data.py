@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pathkit.curate.llava_format import is_feature_file
 from pathkit.io import PathkitError
 from pathkit.models.connectors import tile_image
+from pathkit.models.conversation import tokenize_conversation
 from pathkit.models.encoders import load_encoder
 from pathkit.wsi.features import read_features
 
@@ -66,8 +67,6 @@ class ImageLoader:
         self.preprocess = preprocess
 
     def __call__(self, path: str) -> torch.Tensor:
-        from PIL import Image
-
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
@@ -151,8 +150,6 @@ class ConversationDataset(Dataset):
 
     def count_truncated(self) -> int:
         """Records whose tokenized conversation is longer than ``max_length`` (training cuts them there)."""
-        from pathkit.models.conversation import tokenize_conversation
-
         n = 0
         for rec in self.records:
             tokens = tokenize_conversation(rec["conversations"], self.tokenizer, self.template, None)
@@ -165,8 +162,6 @@ class ConversationDataset(Dataset):
         return [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from pathkit.models.conversation import tokenize_conversation
-
         rec = self.records[index]
         try:
             tokens = tokenize_conversation(rec["conversations"], self.tokenizer, self.template, self.max_length)

@@ -60,22 +60,6 @@ def stage_config(cfg: Config, recipe: Recipe, stage: Stage) -> Config:
     return cfg.override(changes) if changes else cfg
 
 
-def with_overrides(cfg: Config, recipe: Recipe, changes: dict[str, Any]) -> tuple[Config, Recipe]:
-    """Apply ``--set`` changes: ``<stage>.<field>`` / ``*.<field>`` to the recipe's stages, anything else to the
-    Config. Config changes are also folded into the recipe's own overrides, so they win over the recipe's
-    settings (``--set llm.lora_r=8`` on pa_llava trains rank 8, not the recipe's 16) and are recorded in the
-    run's ``recipe.yaml``."""
-    stage_names = {s.name for s in recipe.stages} | {"*"}
-    stage_changes = {k: v for k, v in changes.items() if k.split(".", 1)[0] in stage_names}
-    cfg_changes = {k: v for k, v in changes.items() if k not in stage_changes}
-    if cfg_changes:
-        cfg = cfg.override(cfg_changes)
-        recipe = Recipe.from_dict({**recipe.to_dict(), "config": {**recipe.config, **cfg_changes}})
-    if stage_changes:
-        recipe = recipe.override(stage_changes)
-    return cfg, recipe
-
-
 def precision_for(cfg: Config) -> str:
     """bf16-mixed (or what the config says) on a GPU; 32-true on CPU where bf16 autocast is slow."""
     if cfg.train.accelerator == "cpu" or not torch.cuda.is_available():

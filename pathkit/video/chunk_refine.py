@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pathkit.video.chunks import Chunk, cursor_masked_difference
+from pathkit.video.frame_difference import Chunk, cursor_masked_difference
 
 
 def persistent_motion_mask(small: list[np.ndarray], pixel_threshold: float = 12.0, persistent_fraction: float = 0.2,

@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from pathkit.synthetic.video import synthetic_background
+
 SS = 4  # supersampling of the drawing (anti-aliased edges after the area downscale)
 
 
@@ -138,8 +140,6 @@ def _photo_pool() -> tuple[np.ndarray, ...]:
     """Background images: scikit-image's photographs and scanned text (not its IHC image, which is evaluation
     content), and pathkit's procedural tissue."""
     from skimage import data
-
-    from pathkit.synthetic.video import synthetic_background
 
     out = []
     for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "text", "page", "coins", "moon", "hubble_deep_field"):

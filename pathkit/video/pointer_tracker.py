@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from pathkit.video.decode import iter_frames, probe
 from pathkit.video.pointer_net import PointerNet, heatmap, load_pointer_net, peaks
 
 
@@ -138,14 +140,10 @@ class PointerTracker:
 def track_pointer(path: str | Path, fps: float | None = None, progress: bool = False,
                   tracker: PointerTracker | None = None) -> list[dict]:
     """Pointer rows ``{"t", "x", "y", "score", "shape"}`` for the frames of a video (all, or ~``fps``/s)."""
-    from pathkit.video.decode import iter_frames, probe
-
     info = probe(path)
     tracker = tracker or PointerTracker()
     frames = iter_frames(path, fps=fps, grey=False)
     if progress:
-        from tqdm import tqdm
-
         frames = tqdm(frames, total=info.n_frames if not fps else int(info.duration * fps) + 1,
                       desc=f"pointer {Path(path).name}", unit="frame")
     rows = []

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pathkit.io import atomic_path
 from pathkit.video.pointer_net import STRIDE, WEIGHTS, PointerNet
 from pathkit.video.pointer_renders import RenderPools, training_sample
 
@@ -84,8 +85,6 @@ def train(steps: int = 3000, batch: int = 48, size: int = 96, seed: int = 0, lr:
 
 def save(net: PointerNet, path: str | Path = WEIGHTS) -> Path:
     from safetensors.torch import save_file
-
-    from pathkit.io import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pathkit.video.lecture_script import Lecture
+
 
 def play(job: dict) -> list[dict]:
     import tkinter as tk
-
-    from pathkit.video.lecture_script import Lecture
 
     lecture = Lecture.from_json(job["lecture"])
     w, h = job["size"]

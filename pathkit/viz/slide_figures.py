@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathkit.io import atomic_path
+
 
 def draw_tile_grid(ax, thumbnail: np.ndarray, scale: float, coords: np.ndarray, footprint: float,
                    mask: np.ndarray | None = None, values: np.ndarray | None = None, title: str | None = None,
@@ -50,8 +52,6 @@ def tile_grid_figure(thumbnail: np.ndarray, scale: float, coords: np.ndarray, fo
                    title=title or f"{len(coords)} tiles")
     fig.tight_layout()
     if out_path is not None:
-        from pathkit.io import atomic_path
-
         with atomic_path(out_path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")
     return fig

@@ -11,6 +11,7 @@ is the encoder's own ``preprocess`` on the same numpy tiles; tests check the two
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -94,8 +95,6 @@ def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 0, pin_me
     can deadlock a child that then takes a lock one of those threads held; the forkserver is a fresh
     single-threaded process with pathkit's reader preloaded, so workers still start in milliseconds.
     """
-    import multiprocessing
-
     from torch.utils.data import DataLoader
 
     kwargs = {}

@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from pathkit.io import FailureLog, one_line
-from pathkit.wsi.features import is_complete
+from pathkit.models.encoders import load_encoder
+from pathkit.sweep.engines import start_ray
+from pathkit.wsi.features import is_complete, write_features
 from pathkit.wsi.pipeline import (
     BatchSummary,
+    _device_of,
     _progress,
+    _remove_stale_temps,
+    encode_slide,
     extraction_todo,
     finish_batch,
     record_item,
@@ -38,8 +43,6 @@ def tile_slides_ray(slides: list[str | Path], out_dir: str | Path, address: str 
                     progress: bool = True, **kwargs: Any) -> BatchSummary:
     """:func:`pathkit.wsi.pipeline.tile_slides` with one Ray task per slide."""
     import ray
-
-    from pathkit.sweep.engines import start_ray
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,9 +85,6 @@ class SlideEncoder:
                  slide_mpp: float | None, slides_dir: str | None = None):
         import torch
 
-        from pathkit.models.encoders import load_encoder
-        from pathkit.wsi.pipeline import _device_of
-
         self.device = _device_of(device)
         self.model, self.preprocess, dim = load_encoder(encoder, device=self.device)
         if self.device.startswith("cuda"):
@@ -95,9 +95,6 @@ class SlideEncoder:
 
     def encode(self, coords_file: str) -> tuple[str, int, str | None, float, float]:
         """(file, tiles, error, load-wait seconds, compute seconds) for one coords file."""
-        from pathkit.wsi.features import write_features
-        from pathkit.wsi.pipeline import _remove_stale_temps, encode_slide
-
         part = BatchSummary()
         try:
             coords, features, attrs = encode_slide(coords_file, self.model, self.preprocess, device=self.device,
@@ -124,8 +121,6 @@ def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir
     """
     import ray
     from ray.util import ActorPool
-
-    from pathkit.sweep.engines import start_ray
 
     name = str(encoder)
     out_dir, failures, summary, todo = extraction_todo(source, Path(out_dir).resolve(), name)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathkit.wsi.features import read_features
+
 
 class OpenSlideLevel:
     """One pyramid level as a read-only (height, width, 3) uint8 array-like, read on demand."""
@@ -93,8 +95,6 @@ def show_slide(path: str | Path, coords: np.ndarray | None = None, values: np.nd
     import napari
 
     if isinstance(coords, (str, Path)):
-        from pathkit.wsi.features import read_features
-
         coords, _, attrs = read_features(coords)
         footprint = footprint or attrs["patch_size_level0"]  # None for files without coords (.pt, SlideChat CSV)
     footprint = int(footprint or 256)
