@@ -4,6 +4,7 @@ benchmark JSONs other parts write into ``figures/``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,6 +14,9 @@ import numpy as np
 
 from pathkit.eval import metrics as M
 from pathkit.models.vlm import VisionLanguageModel
+from pathkit.train.recipes import get_recipe
+from pathkit.train.runner import run_recipe
+from pathkit.workdir import tutorial_data
 
 # Numbers the seeds PUBLISHED (not measured by pathkit), from reference/seed-systems.md; source tags as there.
 SEED_PUBLISHED: dict[str, Any] = {
@@ -268,25 +272,16 @@ def ensure_eval_models(workdir: str | Path, cfg: Any, recipe: str = "quilt_llava
     if found:
         return found, f"{len(found)} model(s) trained by earlier notebooks under {Path(workdir) / 'train'}"
     if train:
-        try:
-            import dataclasses
-
-            from pathkit.train.recipes import get_recipe
-            from pathkit.train.runner import run_recipe
-            from pathkit.workdir import tutorial_data
-
-            rec = get_recipe(recipe, cfg.preset)
-            rec = dataclasses.replace(rec, stages=tuple(dataclasses.replace(s, max_steps=max_steps)
-                                                        for s in rec.stages))
-            run_recipe(rec, cfg, Path(workdir) / "train" / recipe, tutorial_data(rec, cfg, workdir)["train"])
-            found = find_trained_models(workdir)
-            if found:
-                return found, (f"no trained model in the workdir: trained {recipe} here for {max_steps} steps "
-                               "per stage (run notebook 07 for the full tiny recipe)")
-        except ImportError:
-            pass
+        rec = get_recipe(recipe, cfg.preset)
+        rec = dataclasses.replace(rec, stages=tuple(dataclasses.replace(s, max_steps=max_steps)
+                                                    for s in rec.stages))
+        run_recipe(rec, cfg, Path(workdir) / "train" / recipe, tutorial_data(rec, cfg, workdir)["train"])
+        found = find_trained_models(workdir)
+        if found:
+            return found, (f"no trained model in the workdir: trained {recipe} here for {max_steps} steps "
+                           "per stage (run notebook 07 for the full tiny recipe)")
 
     out = Path(workdir) / "eval" / "untrained" / "model"
     if not (out / "pathkit_vlm.json").exists():
         VisionLanguageModel.from_config(cfg).save_pretrained(out)
-    return {"untrained": out}, "training code unavailable: evaluating a random-initialised model (chance level)"
+    return {"untrained": out}, "no trained model and training off: evaluating a random-initialised model (chance level)"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
-from pathkit.io import PathkitError
+from pathkit.io import PathkitError, one_line
 from pathkit.sweep.execute import execute_run
 
 PR_SET_PDEATHSIG = 1
@@ -53,8 +53,6 @@ def _result_or_failure(future, job: dict[str, Any]) -> dict[str, Any]:
     try:
         return future.result()
     except Exception as err:  # the worker process itself died (out of memory, killed): that run failed
-        from pathkit.io import one_line
-
         return {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
                 "error": f"worker died: {one_line(err)}", "seconds": None}
 
@@ -91,9 +89,7 @@ def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> Ite
                 try:
                     yield ray.get(ref)
                 except Exception as err:  # the worker died (ray.exceptions.WorkerCrashedError, ...)
-                    from pathkit.io import one_line
-
-                    yield {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
+                                yield {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
                            "error": f"ray task failed: {one_line(err)}", "seconds": None}
     finally:  # the sweep stopped early (Ctrl-C, an error): runs not yet finished are cancelled
         for ref in pending:
