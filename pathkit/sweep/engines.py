@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
-from pathkit.io import PathkitError, one_line
+from pathkit.io import one_line
 from pathkit.sweep.execute import execute_run
 
 PR_SET_PDEATHSIG = 1
@@ -55,24 +55,6 @@ def _result_or_failure(future, job: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:  # the worker process itself died (out of memory, killed): that run failed
         return {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
                 "error": f"worker died: {one_line(err)}", "seconds": None}
-
-
-def start_ray(address: str | None, num_cpus: int | None = None):
-    """Join the Ray cluster at ``address``, or start a local Ray with this machine's cores.
-
-    Returns True when this call started Ray (so the caller shuts it down).
-    """
-    try:
-        import ray
-    except ImportError as err:
-        raise PathkitError('--engine ray: Ray is not installed (pip install "pathkit[sweep]")') from err
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> Iterator[dict[str, Any]]:

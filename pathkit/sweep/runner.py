@@ -27,7 +27,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pathkit.io import FailureLog, PathkitError, atomic_path, write_json
-from pathkit.sweep.engines import run_local, run_ray, start_ray
+from pathkit.ray_runtime import start_ray
+from pathkit.sweep.engines import run_local, run_ray
 from pathkit.sweep.execute import LOG_FILE, finished_status
 from pathkit.sweep.record import read_metrics
 from pathkit.sweep.spec import RunPlan, SweepSpec, run_id

@@ -109,7 +109,7 @@ class SlideReportDataset(Dataset):
     """Slide-report pairs: items ``{"features" (N, D), "coords" (N, 2), "text", "label"}``.
 
     ``records``: dicts with ``features`` (an HDF5 feature file, DESIGN.md contract), ``report`` and
-    ``diagnosis`` (as :func:`pathkit.wsi.pipeline.ensure_wsi_features` or :func:`slide_report_records` return them).
+    ``diagnosis`` (as :func:`pathkit.workdir.ensure_wsi_features` or :func:`slide_report_records` return them).
     """
 
     def __init__(self, records: list[dict[str, Any]]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from pathkit.io import FailureLog, PathkitError, write_json, write_jsonl
-from pathkit.models.encoders import load_encoder
-from pathkit.synthetic.slides import ensure_slide_set
-from pathkit.viz.slide_figures import tile_grid_figure
+from pathkit.io import FailureLog, PathkitError
 from pathkit.wsi.dataset import SlideTileDataset, make_loader, normalize_batch
 from pathkit.wsi.features import is_complete, read_features, write_features
 from pathkit.wsi.slide import Slide
+from pathkit.wsi.tile_figure import tile_grid_figure
 from pathkit.wsi.tiling import TilePlan, plan_for_footprint, plan_tiles, read_tile, tile_grid
+
+# (name, device) -> (model, preprocess, feature width): pathkit.models.encoders.load_encoder
+EncoderLoader = Callable[..., tuple[Any, Any, int]]
 
 
 @dataclass
@@ -297,12 +299,14 @@ def _coords_files(source: str | Path | list) -> list[Path]:
     return sorted(p for p in source.glob("*.h5") if not p.name.startswith("."))
 
 
-def extract_features(source: str | Path | list, encoder: str | Path, out_dir: str | Path,
-                     batch_size: int = 64, workers: int = 0, device: str | None = None,
-                     slide_mpp: float | None = None, progress: bool = True,
+def extract_features(source: str | Path | list, encoder: str | Path, out_dir: str | Path, *,
+                     load_encoder: EncoderLoader, batch_size: int = 64, workers: int = 0,
+                     device: str | None = None, slide_mpp: float | None = None, progress: bool = True,
                      slides_dir: str | Path | None = None) -> BatchSummary:
     """Encode the tiles of every coords file in ``source`` with ``encoder`` -> ``<out>/<stem>.h5`` (resumable).
 
+    ``load_encoder(encoder, device)`` builds the model, once and only when a file needs it
+    (:func:`pathkit.models.encoders.load_encoder`: slides are a lower layer than models, so the caller passes it).
     ``source`` may be the output folder itself (coords-only files are then replaced by coords + features).
     Coords files from CLAM (``patches/<slide>.h5``) or TRIDENT need ``slides_dir``, where each slide is found
     by its name.
@@ -334,38 +338,3 @@ def extract_features(source: str | Path | list, encoder: str | Path, out_dir: st
         summary.done.append(str(coords_file))
         summary.tiles += len(coords)
     return finish_batch(summary, failures, start)
-
-
-# ------------------------------------------------------------------------------------------------ notebooks
-
-
-def ensure_wsi_features(workdir: str | Path, cfg, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
-    """Synthetic slides -> coords -> features under ``workdir`` (reused when complete), for notebooks.
-
-    Layout: ``synthetic/slides/`` (slides + truth), ``wsi/coords/<stem>.h5`` + ``.png``,
-    ``wsi/features/<stem>.h5`` (coords + features from ``cfg.wsi.encoder``), ``wsi/features/index.jsonl``.
-    Returns one record per slide: slide, coords, features, diagnosis, report, truth (paths as strings).
-    """
-    workdir = Path(workdir)
-    truths = ensure_slide_set(workdir / "synthetic" / "slides", cfg.synthetic, seed)
-    coords_dir, feats_dir = workdir / "wsi" / "coords", workdir / "wsi" / "features"
-    w = cfg.wsi
-    tiled = tile_slides([t.slide for t in truths], coords_dir, mpp=w.mpp, size=w.patch_size,
-                        min_tissue=w.min_tissue, overlap=w.overlap, thumbnail_size=w.thumbnail_size,
-                        progress=progress)
-    if tiled.failed:
-        raise PathkitError(f"{coords_dir}: {tiled.line()}")
-    extracted = extract_features(coords_dir, w.encoder, feats_dir, batch_size=w.batch_size,
-                                 workers=w.num_workers, progress=progress)
-    if extracted.failed:
-        raise PathkitError(f"{feats_dir}: {extracted.line()}")
-    records = []
-    for t in truths:
-        stem = Path(t.slide).stem
-        records.append({"slide": t.slide, "coords": str(coords_dir / f"{stem}.h5"),
-                        "features": str(feats_dir / f"{stem}.h5"), "diagnosis": t.diagnosis, "report": t.report,
-                        "truth": str(t.truth_path)})
-    write_jsonl(feats_dir / "index.jsonl", records)
-    if extracted.done:
-        write_json(feats_dir / "extract_summary.json", extracted.to_dict())
-    return records

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pathkit.io import FailureLog, one_line
-from pathkit.models.encoders import load_encoder
-from pathkit.sweep.engines import start_ray
+from pathkit.ray_runtime import start_ray
 from pathkit.wsi.features import is_complete, write_features
 from pathkit.wsi.pipeline import (
     BatchSummary,
+    EncoderLoader,
     _device_of,
     _progress,
     _remove_stale_temps,
@@ -81,8 +81,8 @@ def _as_completed(refs):
 class SlideEncoder:
     """A Ray actor holding one encoder; ``encode`` writes one slide's features file."""
 
-    def __init__(self, encoder: str, out_dir: str, batch_size: int, workers: int, device: str | None,
-                 slide_mpp: float | None, slides_dir: str | None = None):
+    def __init__(self, encoder: str, load_encoder: EncoderLoader, out_dir: str, batch_size: int, workers: int,
+                 device: str | None, slide_mpp: float | None, slides_dir: str | None = None):
         import torch
 
         self.device = _device_of(device)
@@ -109,8 +109,8 @@ class SlideEncoder:
         return coords_file, len(coords), None, part.load_wait_seconds, part.compute_seconds
 
 
-def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir: str | Path,
-                         batch_size: int = 64, workers: int = 0, device: str | None = None,
+def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir: str | Path, *,
+                         load_encoder: EncoderLoader, batch_size: int = 64, workers: int = 0, device: str | None = None,
                          slide_mpp: float | None = None, slides_dir: str | Path | None = None,
                          actors: int | None = None, address: str | None = None, progress: bool = True
                          ) -> BatchSummary:
@@ -133,7 +133,7 @@ def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir
         gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
         n = max(1, min(actors or gpus or 2, len(todo)))
         actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(SlideEncoder)
-        pool = ActorPool([actor_cls.remote(name, str(out_dir), batch_size, workers, device, slide_mpp,
+        pool = ActorPool([actor_cls.remote(name, load_encoder, str(out_dir), batch_size, workers, device, slide_mpp,
                                            str(Path(slides_dir).resolve()) if slides_dir else None)
                           for _ in range(n)])
         named = {str(f.resolve()): str(f) for f in todo}

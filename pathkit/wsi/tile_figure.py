@@ -1,4 +1,5 @@
-"""Per-slide figures: thumbnail, tissue-mask outline and the kept tile grid."""
+"""The tiling job's picture of a slide: thumbnail, tissue-mask outline and the kept tile grid
+(``<out>/<stem>.png`` beside each coords file). matplotlib loads when a figure is drawn (it is slow to import)."""
 
 from __future__ import annotations
 
