@@ -31,6 +31,10 @@ from pathkit.synthetic.tiles import make_tile_record
 from pathkit.synthetic.tissue import CLASSES
 from pathkit.synthetic.video import write_narrated_video
 
+# Lazy imports: openslide (OpenSlide, a system library); av (PyAV, FFmpeg's libraries); torch, safetensors
+# (the model stack, seconds to import). They load inside the functions that need them, not when this module is
+# imported.
+
 # packages whose release can change a generator's output, named in a failure
 DATA_PACKAGES = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "av", "tifffile", "imagecodecs",
                  "openslide-bin", "torch", "transformers", "tokenizers")

@@ -26,6 +26,9 @@ from pathlib import Path
 
 from pathkit.sweep.record import read_metrics
 
+# Lazy imports: papermill (papermill, Jupyter's stack). They load inside the functions that need them, not
+# when this module is imported.
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 

@@ -8,6 +8,9 @@ import os
 
 from pathkit.io import PathkitError
 
+# Lazy imports: ray (Ray, an optional extra that starts a runtime). They load inside the functions that need
+# them, not when this module is imported.
+
 
 def start_ray(address: str | None, num_cpus: int | None = None):
     """Join the Ray cluster at ``address``, or start a local Ray with this machine's cores.

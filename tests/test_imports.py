@@ -7,6 +7,7 @@ heavy, the code is split or the dependency is passed in. And no module needs ano
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +40,22 @@ def _function_level_imports(source: str):
     yield from walk(ast.parse(source), False)
 
 
+def _top_level_roots(source: str) -> set[str]:
+    return {(n.names[0].name if isinstance(n, ast.Import) else n.module or "").split(".")[0]
+            for n in ast.parse(source).body if isinstance(n, (ast.Import, ast.ImportFrom)) and not getattr(n, "level", 0)}
+
+
 def import_violations(pkg: Path = PKG) -> list[str]:
-    """One line per function-level import that is not allowed."""
+    """One line per function-level import that is not allowed, and per module whose lazy imports go unexplained
+    (a ``# Lazy imports:`` comment at the top names each heavy package the module imports inside functions)."""
     found = []
     for path in sorted(pkg.rglob("*.py")):
         rel = path.relative_to(pkg)
         if _exempt(rel):
             continue
-        for line, module in _function_level_imports(path.read_text()):
+        source = path.read_text()
+        top, lazy = _top_level_roots(source), []
+        for line, module in _function_level_imports(source):
             root = module.split(".")[0]
             if module.startswith(".") or root == "pathkit":
                 found.append(f"pathkit/{rel}:{line}: function-level import of {module} (pathkit modules import "
@@ -54,6 +63,16 @@ def import_violations(pkg: Path = PKG) -> list[str]:
             elif root not in HEAVY:
                 found.append(f"pathkit/{rel}:{line}: function-level import of {module} (not a heavy package: "
                              "import it at the top)")
+            elif root in top:
+                found.append(f"pathkit/{rel}:{line}: function-level import of {module} (the module imports "
+                             f"{root} at the top already)")
+            elif root not in lazy:
+                lazy.append(root)
+        note = " ".join(line for line in source.splitlines() if line.startswith("# Lazy imports:"))
+        unexplained = [root for root in lazy if not re.search(rf"\b{root}\b", note)]
+        if unexplained:
+            found.append(f"pathkit/{rel}: imports {', '.join(unexplained)} inside functions without a "
+                         "'# Lazy imports:' comment at the top saying why")
     return found
 
 
@@ -62,15 +81,21 @@ def test_imports_sit_at_the_top_of_modules():
 
 
 def test_the_import_check_catches_planted_violations(tmp_path):
-    """The rule is live: a lazy pathkit import and a lazy light package are reported; torch and commands are not."""
+    """The rule is live: a lazy pathkit import, a lazy light package, a lazy import of what the top imports and
+    an unexplained lazy heavy import are reported; an explained one and the command modules are not."""
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "bad.py").write_text(
-        "import json\n\n\ndef f():\n    import torch\n    from pathkit.io import read_json\n\n\n"
-        "class C:\n    def g(self):\n        import yaml\n")
+        "import json\n\nimport cv2\n\n\ndef f():\n    import torch\n    from pathkit.io import read_json\n\n\n"
+        "class C:\n    def g(self):\n        import yaml\n        import cv2\n")
+    (tmp_path / "models" / "good.py").write_text("# Lazy imports: torch (the model stack).\n\n\n"
+                                                 "def f():\n    import torch\n")
     (tmp_path / "models" / "commands.py").write_text("def f():\n    from pathkit.models.bad import f\n")
     assert import_violations(tmp_path) == [
-        "pathkit/models/bad.py:6: function-level import of pathkit.io (pathkit modules import each other at the top)",
-        "pathkit/models/bad.py:11: function-level import of yaml (not a heavy package: import it at the top)",
+        "pathkit/models/bad.py:8: function-level import of pathkit.io (pathkit modules import each other at the top)",
+        "pathkit/models/bad.py:13: function-level import of yaml (not a heavy package: import it at the top)",
+        "pathkit/models/bad.py:14: function-level import of cv2 (the module imports cv2 at the top already)",
+        "pathkit/models/bad.py: imports torch inside functions without a '# Lazy imports:' comment at the top "
+        "saying why",
     ]
 
 

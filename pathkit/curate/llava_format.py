@@ -34,6 +34,9 @@ from pathkit.wsi.features import (
     read_features,
 )
 
+# Lazy imports: h5py (h5py, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 IMAGE_TOKEN = "<image>"
 DESCRIBE_PROMPTS = (
     "Describe this histopathology image.",

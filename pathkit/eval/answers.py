@@ -26,6 +26,9 @@ from pathkit.models.vlm import VisionLanguageModel
 from pathkit.train.data import FeatureLoader
 from pathkit.wsi.features import FEATURE_SUFFIXES
 
+# Lazy imports: torch (the model stack, seconds to import). They load inside the functions that need them, not
+# when this module is imported.
+
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
 
 

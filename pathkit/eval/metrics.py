@@ -43,6 +43,9 @@ import numpy as np
 
 from pathkit.paths import cache_dir
 
+# Lazy imports: nltk (NLTK, ~3 s); rouge_score (rouge-score loads NLTK); sklearn (scikit-learn, ~1.4 s). They
+# load inside the functions that need them, not when this module is imported.
+
 # ---------------------------------------------------------------------------------------------------------
 # pathkit's normalisation and closed-set reading
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ from pathkit.train.recipes import get_recipe
 from pathkit.train.runner import run_recipe
 from pathkit.workdir import tutorial_data
 
+# Lazy imports: pandas (pandas, ~0.6 s); matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions
+# that need them, not when this module is imported.
+
 # Numbers the seeds PUBLISHED (not measured by pathkit), from reference/seed-systems.md; source tags as there.
 SEED_PUBLISHED: dict[str, Any] = {
     "huatuogpt_vision_table": {

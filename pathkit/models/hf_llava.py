@@ -29,6 +29,9 @@ from pathkit.models.conversation import chat_template_jinja
 from pathkit.models.llava_folder import llava_config, read_llava_weights
 from pathkit.models.llm import _quiet_progress
 
+# Lazy imports: torch, transformers, tokenizers (the model stack, seconds to import). They load inside the
+# functions that need them, not when this module is imported.
+
 EXPORT_FILE = "pathkit_export.json"  # written beside an export: pathkit's template name and source
 
 

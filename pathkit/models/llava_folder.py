@@ -11,6 +11,9 @@ from typing import Any
 
 from pathkit.io import PathkitError
 
+# Lazy imports: transformers, safetensors (the model stack, seconds to import). They load inside the functions
+# that need them, not when this module is imported.
+
 # part -> key prefixes in LLaVA checkpoints, transformers >= 4.52 layout first, then llava-hf's older one
 LLAVA_PREFIXES: dict[str, tuple[str, ...]] = {
     "vision_tower": ("model.vision_tower.", "vision_tower."),

@@ -36,6 +36,9 @@ from pathkit.models.llava_folder import check_load, is_hf_llava_dir, llava_confi
 from pathkit.models.tiny_pretrain import PretrainSpec, pretrain_tiny_llm
 from pathkit.paths import cache_dir
 
+# Lazy imports: tokenizers, transformers, torch (the model stack, seconds to import). They load inside the
+# functions that need them, not when this module is imported.
+
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN,
                   "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                   "<|user|>", "<|assistant|>")

@@ -29,6 +29,9 @@ from pathkit.models.conversation import (
 )
 from pathkit.synthetic.corpus import text_conversations
 
+# Lazy imports: torch (the model stack, seconds to import). They load inside the functions that need them, not
+# when this module is imported.
+
 
 @dataclass(frozen=True)
 class PretrainSpec:

@@ -45,6 +45,9 @@ from pathkit.models.llava_folder import is_hf_llava_dir
 from pathkit.models.llm import load_llm
 from pathkit.models.longnet import LongNetEncoder
 
+# Lazy imports: peft, safetensors (the model stack, seconds to import). They load inside the functions that
+# need them, not when this module is imported.
+
 PARTS = ("vision", "slide_encoder", "connector", "llm", "lora")
 META_FILE = "pathkit_vlm.json"
 WEIGHTS_FILE = "model.safetensors"

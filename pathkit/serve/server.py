@@ -32,6 +32,9 @@ from pathkit.models.conversation import get_template, tokenize_prompt
 from pathkit.serve.engine import Engine, Generation, ServedModel
 from pathkit.serve.images import ImageLimits, RequestError, load_visual
 
+# Lazy imports: uvicorn (uvicorn, only when serving). They load inside the functions that need them, not when
+# this module is imported.
+
 
 @dataclass
 class ServerSettings:

@@ -18,6 +18,9 @@ from typing import Any
 from pathkit.io import one_line
 from pathkit.sweep.execute import execute_run
 
+# Lazy imports: ray (Ray, an optional extra that starts a runtime). They load inside the functions that need
+# them, not when this module is imported.
+
 PR_SET_PDEATHSIG = 1
 
 

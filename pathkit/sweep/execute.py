@@ -28,6 +28,9 @@ from typing import Any
 
 from pathkit.io import one_line, read_json, write_json
 
+# Lazy imports: papermill (papermill, Jupyter's stack). They load inside the functions that need them, not
+# when this module is imported.
+
 STATUS_FILE = "status.json"
 PARAMS_FILE = "params.json"
 LOG_FILE = "log.txt"

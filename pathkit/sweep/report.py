@@ -15,6 +15,9 @@ import numpy as np
 from pathkit.io import PathkitError, atomic_path, read_json
 from pathkit.sweep.runner import load_results
 
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
+
 FIXED_COLUMNS = ("run_id", "status", "seconds", "error")
 
 

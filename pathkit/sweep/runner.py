@@ -33,6 +33,9 @@ from pathkit.sweep.execute import LOG_FILE, finished_status
 from pathkit.sweep.record import read_metrics
 from pathkit.sweep.spec import RunPlan, SweepSpec, run_id
 
+# Lazy imports: pandas (pandas, ~0.6 s); papermill (papermill, Jupyter's stack); ray (Ray, an optional extra
+# that starts a runtime). They load inside the functions that need them, not when this module is imported.
+
 RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 FAILURES = "failures.jsonl"

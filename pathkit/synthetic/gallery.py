@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
     from pathkit.synthetic.tiles import TileDataset
 
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
+
 # One colour per class for label maps (index 0 = glass/background).
 CLASS_COLOURS: dict[str, str] = {"tumor": "#d62728", "stroma": "#ff9ecf", "lymphocytes": "#1f3fbf",
                                  "necrosis": "#8c564b", "gland": "#2ca02c", "adipose": "#f5d76e"}

@@ -42,6 +42,9 @@ from pathkit.synthetic.tissue import CLASSES, render_tissue, sample_attributes, 
 from pathkit.wsi.slide import Slide
 from pathkit.wsi.tissue import tissue_mask
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s); imagecodecs (imagecodecs' native codecs); tifffile (tifffile, ~0.1 s).
+# They load inside the functions that need them, not when this module is imported.
+
 DIAGNOSES: dict[str, tuple[str, ...]] = {
     "adenocarcinoma": ("tumor", "gland"),
     "lymphoma": ("lymphocytes",),

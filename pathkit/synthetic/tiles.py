@@ -42,6 +42,9 @@ from pathkit.io import (
 from pathkit.synthetic.text import caption_for, questions_for
 from pathkit.synthetic.tissue import CLASSES, render_tissue, sample_attributes
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 CAPTION_PROMPTS = (
     "Describe this histopathology image.",
     "What do you see in this H&E image?",

@@ -26,6 +26,9 @@ from pathkit.io import PathkitError, atomic_path, atomic_write_text, read_json, 
 from pathkit.synthetic.tissue import render_tissue
 from pathkit.video.cursor_shapes import SHAPES, cursor_scale_for, draw_cursor
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s); skimage (scikit-image's submodules load SciPy); av (PyAV, FFmpeg's
+# libraries). They load inside the functions that need them, not when this module is imported.
+
 GENERATOR_VERSION = 1
 
 SYNTHETIC_CLASSES = ("tumor", "stroma", "lymphocytes", "necrosis", "gland", "adipose")

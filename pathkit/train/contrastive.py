@@ -35,6 +35,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -397,8 +398,6 @@ def clip_trainer(cfg, out_dir: str | Path, *, epochs: int, max_steps: int = -1, 
                  progress: bool = False) -> L.Trainer:
     """The Lightning Trainer of :func:`train_clip`: one device, ``grad_accum`` batches per optimiser step,
     gradient norm clipped at ``grad_clip`` (0 = off), ``last.ckpt`` under ``out_dir/checkpoints``."""
-    from lightning.pytorch.loggers import CSVLogger
-
     t = cfg.train
     ckpt = Path(out_dir) / "checkpoints" / "last.ckpt"
     return L.Trainer(max_epochs=epochs, max_steps=max_steps, accelerator=t.accelerator, devices=1,

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from pathkit.io import JsonlAppender
 from pathkit.train.recipes import Stage
@@ -167,7 +168,6 @@ class VLMModule(L.LightningModule):
         if not gradient_clip_val:
             return
         wrapped = self.trainer.strategy.model
-        from torch.distributed.fsdp import FullyShardedDataParallel
 
         if isinstance(wrapped, FullyShardedDataParallel):
             self.clip_norms.append(float(wrapped.clip_grad_norm_(gradient_clip_val)))

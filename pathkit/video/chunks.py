@@ -28,6 +28,9 @@ from pathkit.video.chunk_refine import refine_chunks
 from pathkit.video.decode import iter_frames, probe
 from pathkit.video.frame_difference import Chunk, cursor_masked_difference
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 
 @dataclass
 class ChunkDetection:

@@ -31,6 +31,9 @@ from tqdm import tqdm
 from pathkit.video.cursor_shapes import SHAPES, CursorShape, cursor_scale_for, resized_shape
 from pathkit.video.decode import iter_frames, probe
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 
 @dataclass(frozen=True)
 class CursorTemplate:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 
 @dataclass
 class Chunk:

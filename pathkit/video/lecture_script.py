@@ -22,6 +22,9 @@ import numpy as np
 
 from pathkit.synthetic.video import ihc_background, synthetic_background
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 CANVAS = 1024
 
 

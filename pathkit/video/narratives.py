@@ -41,6 +41,9 @@ from pathkit.video.grounding import densify_trace, dwell_heatmap, ground_utteran
 from pathkit.video.pointer_tracker import PointerTracker
 from pathkit.video.transcript import read_transcript, utterances_in
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 JOURNAL = ".journal.jsonl"
 
 

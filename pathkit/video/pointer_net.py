@@ -21,6 +21,9 @@ from torch import nn
 
 from pathkit.io import PathkitError
 
+# Lazy imports: safetensors (the model stack, seconds to import); cv2 (OpenCV, ~0.3 s). They load inside the
+# functions that need them, not when this module is imported.
+
 STRIDE = 4
 WEIGHTS = Path(__file__).with_name("weights") / "pointer_net.safetensors"
 

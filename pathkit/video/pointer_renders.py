@@ -18,6 +18,9 @@ import numpy as np
 
 from pathkit.synthetic.video import synthetic_background
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s); skimage (scikit-image's submodules load SciPy). They load inside the
+# functions that need them, not when this module is imported.
+
 SS = 4  # supersampling of the drawing (anti-aliased edges after the area downscale)
 
 

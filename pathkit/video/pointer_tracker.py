@@ -26,6 +26,9 @@ from tqdm import tqdm
 from pathkit.video.decode import iter_frames, probe
 from pathkit.video.pointer_net import PointerNet, heatmap, load_pointer_net, peaks
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 
 @dataclass
 class PointerTracker:

@@ -19,6 +19,9 @@ from pathkit.io import atomic_path
 from pathkit.video.pointer_net import STRIDE, WEIGHTS, PointerNet
 from pathkit.video.pointer_renders import RenderPools, training_sample
 
+# Lazy imports: safetensors (the model stack, seconds to import). They load inside the functions that need
+# them, not when this module is imported.
+
 
 def make_batch(rng: np.random.Generator, pools: RenderPools, n: int, size: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

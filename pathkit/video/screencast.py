@@ -37,6 +37,9 @@ from pathkit.io import PathkitError, atomic_path, read_json, write_json
 from pathkit.synthetic.video import Utterance, write_vtt
 from pathkit.video.lecture_script import Lecture
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 REQUIRED_PROGRAMS = ("Xvfb", "xdotool", "xsetroot", "ffmpeg")
 THEME_DIRS = (Path("/usr/share/icons"), Path.home() / ".icons")
 

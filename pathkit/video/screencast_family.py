@@ -31,6 +31,9 @@ from pathkit.video.screencast import (
     truth_path,
 )
 
+# Lazy imports: av (PyAV, FFmpeg's libraries). They load inside the functions that need them, not when this
+# module is imported.
+
 YELLOW = "pathkit-yellow"  # DMZ-White's cursors with a yellow fill, built with xcursorgen (recoloured_theme)
 GREEN = "pathkit-green"  # whiteglass's cursors with a green fill
 RECOLOURED = {YELLOW: ("DMZ-White", (255, 215, 0)), GREEN: ("whiteglass", (60, 200, 60))}

@@ -20,6 +20,9 @@ import numpy as np
 
 from pathkit.video.lecture_script import Lecture
 
+# Lazy imports: tkinter (Tk, a display). They load inside the functions that need them, not when this module
+# is imported.
+
 
 def play(job: dict) -> list[dict]:
     import tkinter as tk

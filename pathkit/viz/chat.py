@@ -19,6 +19,9 @@ from PIL import Image
 
 from pathkit.models.conversation import IMAGE_TOKEN, clean_answer, tokenize_prompt
 
+# Lazy imports: torch, transformers (the model stack, seconds to import); ipywidgets (ipywidgets, only inside
+# a notebook). They load inside the functions that need them, not when this module is imported.
+
 
 def stream_answer(model: Any, question: str, image: Any = None, max_new_tokens: int = 64) -> Iterator[str]:
     """Yield the answer so far after each new token (greedy); the last item is the full answer."""

@@ -38,6 +38,9 @@ except ImportError:  # numpy < 2
 
 from pathkit.io import PathkitError, atomic_path
 
+# Lazy imports: h5py (h5py, ~0.3 s); torch (the model stack, seconds to import); pandas (pandas, ~0.6 s). They
+# load inside the functions that need them, not when this module is imported.
+
 REQUIRED_ATTRS = ("mpp", "patch_size", "patch_size_level0", "level", "slide")
 # Suffixes of the slide feature files read_features takes (a LLaVA record's ``image`` with one of them is a slide).
 FEATURE_SUFFIXES = (".h5", ".hdf5", ".pt", ".pth", ".csv")

@@ -30,6 +30,9 @@ from pathkit.wsi.slide import Slide
 from pathkit.wsi.tile_figure import tile_grid_figure
 from pathkit.wsi.tiling import TilePlan, plan_for_footprint, plan_tiles, read_tile, tile_grid
 
+# Lazy imports: torch (the model stack, seconds to import). They load inside the functions that need them, not
+# when this module is imported.
+
 # (name, device) -> (model, preprocess, feature width): pathkit.models.encoders.load_encoder
 EncoderLoader = Callable[..., tuple[Any, Any, int]]
 

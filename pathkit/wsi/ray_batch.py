@@ -30,6 +30,9 @@ from pathkit.wsi.pipeline import (
     tile_slide,
 )
 
+# Lazy imports: ray (Ray, an optional extra that starts a runtime); torch (the model stack, seconds to
+# import). They load inside the functions that need them, not when this module is imported.
+
 
 def _tile_one(slide_path: str, out_dir: str, kwargs: dict[str, Any]) -> tuple[str, int, str | None]:
     try:

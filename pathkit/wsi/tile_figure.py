@@ -1,5 +1,5 @@
 """The tiling job's picture of a slide: thumbnail, tissue-mask outline and the kept tile grid
-(``<out>/<stem>.png`` beside each coords file). matplotlib loads when a figure is drawn (it is slow to import)."""
+(``<out>/<stem>.png`` beside each coords file)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from pathkit.io import atomic_path
+
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
 
 
 def draw_tile_grid(ax, thumbnail: np.ndarray, scale: float, coords: np.ndarray, footprint: float,

@@ -10,6 +10,9 @@ from PIL import Image
 
 from pathkit.video.narratives import read_narratives
 
+# Lazy imports: napari (napari, Qt and a display). They load inside the functions that need them, not when
+# this module is imported.
+
 
 def _load_row(row: dict | str | Path, root: Path | None) -> tuple[dict, Path]:
     if isinstance(row, (str, Path)):  # a narratives.jsonl: take its first row

@@ -13,6 +13,9 @@ import numpy as np
 
 from pathkit.wsi.features import read_features
 
+# Lazy imports: openslide (OpenSlide, a system library); napari (napari, Qt and a display). They load inside
+# the functions that need them, not when this module is imported.
+
 
 class OpenSlideLevel:
     """One pyramid level as a read-only (height, width, 3) uint8 array-like, read on demand."""
