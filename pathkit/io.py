@@ -114,12 +114,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, text)
 
 
-def iter_jsonl(path: str | Path, strict: bool = True, errors: list[str] | None = None
-               ) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: str | Path, strict: bool = True, errors: list[str] | None = None, objects_only: bool = True
+               ) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, row)`` for each non-empty line of a JSON Lines file.
 
-    A malformed line raises ``PathkitError("file:line: ...")`` when ``strict``; otherwise the message is
-    appended to ``errors`` and the line skipped. A torn last line (a run killed mid-write) is always skipped
+    A malformed line raises ``PathkitError("file:line:column: invalid JSON (reason)")`` when ``strict``;
+    otherwise the message is appended to ``errors`` and the line skipped. A row that is not a JSON object is
+    such an error too, unless ``objects_only=False`` (a validator that reports it per record). A torn last line (a run killed mid-write) is always skipped
     in non-strict mode, which is what resumable journals need.
     """
     path = Path(path)
@@ -132,13 +133,13 @@ def iter_jsonl(path: str | Path, strict: bool = True, errors: list[str] | None =
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                msg = f"{path}:{lineno}: invalid JSON ({err.msg})"
+                msg = f"{path}:{lineno}:{err.colno}: invalid JSON ({err.msg})"
                 if strict:
                     raise PathkitError(msg) from err
                 if errors is not None:
                     errors.append(msg)
                 continue
-            if not isinstance(row, dict):
+            if objects_only and not isinstance(row, dict):
                 msg = f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
                 if strict:
                     raise PathkitError(msg)

@@ -36,7 +36,7 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
 def test_jsonl_errors_name_file_and_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 2\n[1, 2]\n{"a": 3}\n')
-    with pytest.raises(PathkitError, match=r"rows\.jsonl:3: invalid JSON"):
+    with pytest.raises(PathkitError, match=r"rows\.jsonl:3:\d+: invalid JSON"):
         list(iter_jsonl(path))
     errors: list[str] = []
     rows = list(iter_jsonl(path, strict=False, errors=errors))

@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from pathkit.io import PathkitError
+from pathkit.io import PathkitError, iter_jsonl
 from pathkit.wsi.features import (
     FEATURE_SUFFIXES,  # an ``image`` with one of these is a slide feature file
     read_features,
@@ -139,23 +139,10 @@ def iter_llava_file(path: str | Path, chunk_size: int = 1 << 20) -> Iterator[tup
     with open(path, encoding="utf-8") as fh:
         head = fh.read(4096).lstrip("\ufeff \t\r\n")
     if not head.startswith("["):
-        yield from _iter_jsonl_records(path)
+        for index, (_, rec) in enumerate(iter_jsonl(path, objects_only=False)):
+            yield index, rec
         return
     yield from _iter_json_list(path, chunk_size)
-
-
-def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
-    index = 0
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PathkitError(f"{path}:{lineno}:{err.colno}: invalid JSON ({err.msg})") from err
-            yield index, rec
-            index += 1
 
 
 def _iter_json_list(path: Path, chunk_size: int) -> Iterator[tuple[int, Any]]:

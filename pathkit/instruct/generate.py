@@ -122,7 +122,7 @@ def read_items(path: str | Path, failures: FailureLog | None = None) -> list[Inp
     else:
         parse_errors: list[str] = []
         rows = list(iter_jsonl(path, strict=failures is None, errors=parse_errors))
-        for msg in parse_errors:  # "file:line: invalid JSON (...)"
+        for msg in parse_errors:  # "file:line:column: invalid JSON (...)"
             failures.add(msg.split(": ", 1)[0], msg.split(": ", 1)[1])
     items, seen = [], {}
     for lineno, row in rows:
