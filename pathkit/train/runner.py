@@ -48,7 +48,13 @@ from pathkit.train.data import (
     split_validation,
 )
 from pathkit.train.recipes import Recipe, Stage
-from pathkit.train.records import heldout_records, read_stage_files, stage_files, stage_records
+from pathkit.train.records import (
+    check_stage_sources,
+    heldout_records,
+    read_stage_files,
+    stage_files,
+    stage_records,
+)
 from pathkit.train.schedule import optimizer_steps
 from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
 from pathkit.train.vlm_module import VLMModule, count_trainable
@@ -258,6 +264,7 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path,
     out_dir = Path(out_dir)
     files = stage_files(recipe, train_data)
     records_by_file = read_stage_files(files, image_folder, skip_bad_records, out_dir)
+    check_stage_sources(recipe, files, records_by_file)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_run_dir(out_dir, recipe, cfg, resume)
     summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {},
