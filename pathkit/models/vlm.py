@@ -290,6 +290,19 @@ class VisionLanguageModel(nn.Module):
             feats += self.encode_slides(slide_features, slide_coords)
         return feats
 
+    def visual_token_count(self, tiles: int | None = None) -> int:
+        """Positions one image (``tiles=None``), or one slide of ``tiles`` tile features, takes in the LLM's sequence
+        once spliced in: the encoder's tokens (patch tokens, + CLS with ``cls_patch``; a slide's tiles, + LongNet's
+        CLS), at most the connector's ``num_tokens`` when it pools (WSI-LLaVA's pool, PA-LLaVA's queries)."""
+        if tiles is None:
+            if self.vision_tower is None:
+                raise PathkitError("visual_token_count: this model has no image encoder (vision='slide')")
+            count = self.vision_tower.num_tokens + int(self.cfg.encoder.select_feature == "cls_patch")
+        else:
+            count = tiles + int(self.slide_encoder is not None)
+        pooled = getattr(self.connector, "num_tokens", None)
+        return min(pooled, count) if pooled else count
+
     def _check_image_count(self, input_ids: torch.Tensor, keep: torch.Tensor, features: list[torch.Tensor]):
         n_tokens = int((input_ids[keep] == self.image_token_id).sum())
         if n_tokens != len(features):

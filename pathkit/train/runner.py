@@ -151,13 +151,14 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: lis
     template = stage.data.template or cfg.llm.chat_template
     max_length = stage.max_length or cfg.llm.max_length
     load_image = image_loader_for(model, cfg)
-    dataset = ConversationDataset(records, model.tokenizer, template, max_length, load_image=load_image)
-    val_dataset = (ConversationDataset(val_records, model.tokenizer, template, max_length, load_image=load_image)
-                   if val_records else None)
+    dataset, val_dataset = (ConversationDataset(rows, model.tokenizer, template, max_length, load_image=load_image,
+                                                visual_token_count=model.visual_token_count) if rows else None
+                            for rows in (records, val_records))
     truncated = dataset.count_truncated()
     if truncated:
         warnings.warn(f"stage {stage.name}: {truncated} of {len(records)} records are longer than "
-                      f"model_max_length={max_length} tokens and are truncated", stacklevel=2)
+                      f"model_max_length={max_length} tokens, their visual tokens counted, and are truncated",
+                      stacklevel=2)
     datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
                                seed=cfg.seed, num_workers=cfg.train.num_workers, val_dataset=val_dataset)
     best = BestWeights() if val_dataset is not None else None
