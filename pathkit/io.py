@@ -131,7 +131,7 @@ def iter_jsonl(path: str | Path, strict: bool = True, errors: list[str] | None =
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # so the error column is on this line
             except json.JSONDecodeError as err:
                 msg = f"{path}:{lineno}:{err.colno}: invalid JSON ({err.msg})"
                 if strict:
