@@ -241,7 +241,8 @@ def run_recipe(name: str, llm_layers: int, n_tiles: int, max_gib: float, dtype: 
                     with Image.open(path) as im:
                         return model.prepare_images([im.convert("RGB")])[0]
             data = ConversationDataset(records, model.tokenizer, template, cfg.llm.max_length,
-                                       load_image=load_image, load_features=FeatureLoader())
+                                       load_image=load_image, load_features=FeatureLoader(),
+                                       visual_token_count=model.visual_token_count)
             batch = pad_collate(model.tokenizer.pad_token_id)([data[i] for i in range(len(data))])
             policy = {p: not stage.trainable.get(p, False) for p in ("vision", "slide_encoder", "connector",
                                                                        "llm", "lora")}
