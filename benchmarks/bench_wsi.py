@@ -183,6 +183,7 @@ def bench_features(root: Path, encoder: str, device: str, slides: int, size: int
                    workers: int) -> dict:
     import torch
 
+    from pathkit.models.encoders import load_encoder
     from pathkit.synthetic.slides import write_slide
     from pathkit.wsi.pipeline import extract_features, tile_slides
 
@@ -195,13 +196,13 @@ def bench_features(root: Path, encoder: str, device: str, slides: int, size: int
     coords_dir = root / f"coords_{size}"
     tile_slides(paths, coords_dir, progress=False, figure=False)
     feats_dir = root / f"feats_{encoder}_{device}_{size}_{time.time_ns()}"
-    from pathkit.models.encoders import load_encoder
 
     load_encoder(encoder, device="cpu")  # build/cache once, outside the timing
     sampler = GpuSampler() if device.startswith("cuda") else None
     if sampler:
         sampler.start()
-    summary = extract_features(coords_dir, encoder, feats_dir, batch_size=batch_size, workers=workers,
+    summary = extract_features(coords_dir, encoder, feats_dir, load_encoder=load_encoder,
+                               batch_size=batch_size, workers=workers,
                                device=device, progress=False)
     if sampler:
         sampler.stop.set()

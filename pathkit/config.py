@@ -22,6 +22,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from pathkit.io import atomic_write_text
+
 PRESETS = ("tiny", "gpu", "paper")
 
 
@@ -53,12 +57,8 @@ def check_known_fields(cls: type, data: dict[str, Any]) -> None:
 
 def dump_yaml(data: dict[str, Any], path: str | Path | None = None) -> str:
     """YAML text of ``data`` in field order; also written atomically to ``path`` when given."""
-    import yaml
-
     text = yaml.safe_dump(data, sort_keys=False)
     if path is not None:
-        from pathkit.io import atomic_write_text
-
         atomic_write_text(path, text)
     return text
 
@@ -429,8 +429,6 @@ class Config(ConfigBase):
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> Config:
-        import yaml
-
         text = Path(path_or_text).read_text() if Path(str(path_or_text)).exists() else str(path_or_text)
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
@@ -440,8 +438,6 @@ class Config(ConfigBase):
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
     """Parse ``--set key=value`` strings; values are read as YAML scalars (``1e-4``, ``true``, ``[1, 2]``)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:

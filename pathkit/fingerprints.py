@@ -21,6 +21,20 @@ from typing import Any
 
 import numpy as np
 
+from pathkit.config import LongNetConfig
+from pathkit.models.clip import build_tiny_text_tower
+from pathkit.models.encoders import build_tiny_encoder
+from pathkit.models.llm import build_tiny_llm, build_tiny_tokenizer
+from pathkit.models.longnet import LongNetEncoder
+from pathkit.synthetic.slides import write_slide
+from pathkit.synthetic.tiles import make_tile_record
+from pathkit.synthetic.tissue import CLASSES
+from pathkit.synthetic.video import write_narrated_video
+
+# Lazy imports: openslide (OpenSlide, a system library); av (PyAV, FFmpeg's libraries); torch, safetensors
+# (the model stack, seconds to import). They load inside the functions that need them, not when this module is
+# imported.
+
 # packages whose release can change a generator's output, named in a failure
 DATA_PACKAGES = ("numpy", "scipy", "scikit-image", "opencv-python-headless", "av", "tifffile", "imagecodecs",
                  "openslide-bin", "torch", "transformers", "tokenizers")
@@ -58,9 +72,6 @@ def weight_stats(state: dict[str, Any]) -> np.ndarray:
 
 def tiles() -> dict[str, Any]:
     """Two tiles of every class at the tiny size: pixels (block means), attributes, and their text (exact)."""
-    from pathkit.synthetic.tiles import make_tile_record
-    from pathkit.synthetic.tissue import CLASSES
-
     images, attrs, text = [], [], []
     for label in CLASSES:
         for index in (0, 1):
@@ -76,8 +87,6 @@ def slide_region() -> dict[str, Any]:
     """A 1024 px synthetic slide, read back through openslide: a level-0 region and level 1."""
     import openslide
 
-    from pathkit.synthetic.slides import write_slide
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fingerprint.tiff"
         write_slide(path, 1024, 1024, seed=0, workers=1)
@@ -92,8 +101,6 @@ def video_frames() -> dict[str, Any]:
     """A 2 s narrated lecture at 160x120: three decoded frames (grey block means) and the cursor truth."""
     import av
 
-    from pathkit.synthetic.video import write_narrated_video
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fingerprint.mp4"
         truth = write_narrated_video(path, seconds=2.0, fps=10.0, size=(160, 120), seed=0)
@@ -107,8 +114,6 @@ def video_frames() -> dict[str, Any]:
 
 def tokenizer_ids() -> dict[str, Any]:
     """The tiny BPE tokenizer's ids for a fixed text (exact)."""
-    from pathkit.models.llm import build_tiny_tokenizer
-
     text = ("A chat between a curious user and an artificial intelligence assistant. USER: <image>\n"
             "Is this tumor tissue with mitoses? ASSISTANT: yes, dense sheets of atypical nuclei.")
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,12 +125,6 @@ def initial_weights() -> dict[str, Any]:
     """Initial weights of the tiny LLM, vision tower, text tower and LongNet (per-tensor sums)."""
     import torch
     from safetensors.torch import load_file
-
-    from pathkit.config import LongNetConfig
-    from pathkit.models.clip import build_tiny_text_tower
-    from pathkit.models.encoders import build_tiny_encoder
-    from pathkit.models.llm import build_tiny_llm
-    from pathkit.models.longnet import LongNetEncoder
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,8 +7,10 @@ append one JSON line per finished item (flushed and fsynced) so a killed run res
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,8 +47,6 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
 
     Concurrent runs that share a data folder build it once: the second waits, then finds it complete. The lock
     dies with its process, so a killed build never leaves the folder locked."""
-    import fcntl
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = folder.parent / f".{folder.name}.lock"
@@ -61,8 +61,6 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
 def replace_folder(tmp: str | Path, final: str | Path) -> Path:
     """Move a finished folder ``tmp`` onto ``final``: an old ``final`` is renamed aside first, then removed, so a
     folder under its final name is always complete (call under :func:`folder_lock`)."""
-    import shutil
-
     tmp, final = Path(tmp), Path(final)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
@@ -116,12 +114,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, text)
 
 
-def iter_jsonl(path: str | Path, strict: bool = True, errors: list[str] | None = None
-               ) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: str | Path, strict: bool = True, errors: list[str] | None = None, objects_only: bool = True
+               ) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, row)`` for each non-empty line of a JSON Lines file.
 
-    A malformed line raises ``PathkitError("file:line: ...")`` when ``strict``; otherwise the message is
-    appended to ``errors`` and the line skipped. A torn last line (a run killed mid-write) is always skipped
+    A malformed line raises ``PathkitError("file:line:column: invalid JSON (reason)")`` when ``strict``;
+    otherwise the message is appended to ``errors`` and the line skipped. A row that is not a JSON object is
+    such an error too, unless ``objects_only=False`` (a validator that reports it per record). A torn last line (a run killed mid-write) is always skipped
     in non-strict mode, which is what resumable journals need.
     """
     path = Path(path)
@@ -132,15 +131,15 @@ def iter_jsonl(path: str | Path, strict: bool = True, errors: list[str] | None =
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # so the error column is on this line
             except json.JSONDecodeError as err:
-                msg = f"{path}:{lineno}: invalid JSON ({err.msg})"
+                msg = f"{path}:{lineno}:{err.colno}: invalid JSON ({err.msg})"
                 if strict:
                     raise PathkitError(msg) from err
                 if errors is not None:
                     errors.append(msg)
                 continue
-            if not isinstance(row, dict):
+            if objects_only and not isinstance(row, dict):
                 msg = f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
                 if strict:
                     raise PathkitError(msg)

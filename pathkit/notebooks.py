@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from pathkit.sweep.record import read_metrics
+
+# Lazy imports: papermill (papermill, Jupyter's stack). They load inside the functions that need them, not
+# when this module is imported.
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 
@@ -59,8 +64,6 @@ def run_notebook(path: Path, out_dir: Path, preset: str = "tiny", seed: int = 0,
 
 def print_recorded(metrics_root: Path, notebooks: list[Path]) -> None:
     """Each notebook's recorded headline numbers (``pathkit.sweep.record``), one line per notebook."""
-    from pathkit.sweep.record import read_metrics
-
     for nb in notebooks:
         values = read_metrics(metrics_root / nb.stem)
         if values:

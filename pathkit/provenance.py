@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from importlib import metadata
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "numpy")
@@ -40,8 +41,6 @@ def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | No
 
 def gpu_name() -> str | None:
     """The first CUDA device's name when torch is already imported and sees one (never imports torch)."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)

@@ -9,7 +9,7 @@ when no file is given. For a recipe, :func:`tutorial_data` builds (or reuses) th
   held-out tiles marked ``"split": "heldout"`` for the contrastive stage's retrieval scores),
   ``train_llava.json`` (the ``instruct`` view), ``train_instruct_closed<N>.json`` (``train_llava.json`` plus N single-turn closed questions
   per tile from its ground-truth label: PA-LLaVA's ``extra_closed``), ``heldout_questions.jsonl``;
-* slides (:func:`pathkit.wsi.pipeline.ensure_wsi_features`): ``wsi/llava/train_<format>.json`` whose ``image`` is
+* slides (:func:`pathkit.workdir.ensure_wsi_features`): ``wsi/llava/train_<format>.json`` whose ``image`` is
   the slide's feature file, ``wsi/llava/pairs.json`` (every slide and its report, for the WSI-text contrastive
   stage) and ``wsi/llava/heldout_questions.jsonl``.
 
@@ -28,13 +28,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pathkit.config import Config
 from pathkit.io import PathkitError, folder_lock, read_json, write_json, write_jsonl
-from pathkit.synthetic.slides import DIAGNOSES
+from pathkit.models.encoders import load_encoder
+from pathkit.synthetic.slides import DIAGNOSES, ensure_slide_set
 from pathkit.synthetic.text import choice_question, questions_for
 from pathkit.synthetic.text import slide_questions as questions_about_slide
 from pathkit.synthetic.tiles import TileDataset, ensure_tile_dataset
-from pathkit.wsi.pipeline import ensure_wsi_features
+from pathkit.wsi.pipeline import extract_features, tile_slides
 
 REPORT_PROMPTS = ("Write the pathology report for this whole-slide image.",
                   "Describe the findings in this slide.",
@@ -64,8 +67,6 @@ def closed_question_records(rows: list[dict[str, Any]], per_image: int, seed: in
 
     For each row (``image``, ``label``, ``attributes``) ``per_image`` questions alternate a yes/no question about
     the true class or another one (balanced) and a lettered choice with freshly drawn options."""
-    import numpy as np
-
     out = []
     for i, row in enumerate(rows):
         rng = np.random.default_rng([seed, 7, i])
@@ -261,3 +262,35 @@ def tutorial_data(recipe: Any, cfg: Config, data_dir: str | Path) -> dict[str, A
     else:
         questions = tile_set(final, data_dir).paths["heldout_questions"]
     return {"train": train, "questions": questions}
+
+
+def ensure_wsi_features(workdir: str | Path, cfg, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    """Synthetic slides -> coords -> features under ``workdir`` (reused when complete), for notebooks.
+
+    Layout: ``synthetic/slides/`` (slides + truth), ``wsi/coords/<stem>.h5`` + ``.png``,
+    ``wsi/features/<stem>.h5`` (coords + features from ``cfg.wsi.encoder``), ``wsi/features/index.jsonl``.
+    Returns one record per slide: slide, coords, features, diagnosis, report, truth (paths as strings).
+    """
+    workdir = Path(workdir)
+    truths = ensure_slide_set(workdir / "synthetic" / "slides", cfg.synthetic, seed)
+    coords_dir, feats_dir = workdir / "wsi" / "coords", workdir / "wsi" / "features"
+    w = cfg.wsi
+    tiled = tile_slides([t.slide for t in truths], coords_dir, mpp=w.mpp, size=w.patch_size,
+                        min_tissue=w.min_tissue, overlap=w.overlap, thumbnail_size=w.thumbnail_size,
+                        progress=progress)
+    if tiled.failed:
+        raise PathkitError(f"{coords_dir}: {tiled.line()}")
+    extracted = extract_features(coords_dir, w.encoder, feats_dir, load_encoder=load_encoder, batch_size=w.batch_size,
+                                 workers=w.num_workers, progress=progress)
+    if extracted.failed:
+        raise PathkitError(f"{feats_dir}: {extracted.line()}")
+    records = []
+    for t in truths:
+        stem = Path(t.slide).stem
+        records.append({"slide": t.slide, "coords": str(coords_dir / f"{stem}.h5"),
+                        "features": str(feats_dir / f"{stem}.h5"), "diagnosis": t.diagnosis, "report": t.report,
+                        "truth": str(t.truth_path)})
+    write_jsonl(feats_dir / "index.jsonl", records)
+    if extracted.done:
+        write_json(feats_dir / "extract_summary.json", extracted.to_dict())
+    return records

@@ -288,14 +288,17 @@ def test_extract_reads_their_coords_files_with_slides_dir(extract_setup, tmp_pat
 
 
 def test_extract_of_their_coords_without_slides_dir_says_how(extract_setup, tmp_path):
+    from pathkit.models.encoders import load_encoder
     from pathkit.wsi.pipeline import extract_features
 
     root, slides, _, _, clam, _ = extract_setup
-    summary = extract_features(clam, "tiny", tmp_path / "f", workers=0, progress=False)
+    summary = extract_features(clam, "tiny", tmp_path / "f", load_encoder=load_encoder,
+                               workers=0, progress=False)
     assert len(summary.failed) == 1
     reason = summary.failed[0]["reason"]
     assert "case7.h5" in reason and "--slides" in reason and "\n" not in reason
-    summary = extract_features(clam, "tiny", tmp_path / "g", workers=0, progress=False, slides_dir=root)
+    summary = extract_features(clam, "tiny", tmp_path / "g", load_encoder=load_encoder,
+                               workers=0, progress=False, slides_dir=root)
     assert "no slide named 'case7'" in summary.failed[0]["reason"]
 
 
@@ -319,6 +322,7 @@ def test_trident_slide_embedding_is_named_as_such(tmp_path, grid):
 
 
 def test_extract_trident_coords_on_a_slide_without_mpp_uses_its_magnification(tmp_path, monkeypatch):
+    from pathkit.models.encoders import load_encoder
     from pathkit.synthetic.slides import write_slide
     from pathkit.wsi.pipeline import extract_features
 
@@ -328,7 +332,8 @@ def test_extract_trident_coords_on_a_slide_without_mpp_uses_its_magnification(tm
     coords = np.array([[0, 0], [512, 0], [0, 512]], dtype=np.int64)
     _trident_save(tmp_path / "coords" / "nompp_patches.h5", {"coords": coords},
                   {"coords": _trident_attrs(patch_size=256, src_mag=40, dst_mag=20, name="nompp")})
-    summary = extract_features(tmp_path / "coords", "tiny", tmp_path / "f", workers=0, progress=False,
+    summary = extract_features(tmp_path / "coords", "tiny", tmp_path / "f", load_encoder=load_encoder,
+                               workers=0, progress=False,
                                slides_dir=tmp_path / "slides")
     assert not summary.failed, summary.failed
     _, feats, attrs = read_features(tmp_path / "f" / "nompp_patches.h5")

@@ -36,12 +36,15 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
 def test_jsonl_errors_name_file_and_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 2\n[1, 2]\n{"a": 3}\n')
-    with pytest.raises(PathkitError, match=r"rows\.jsonl:3: invalid JSON"):
+    with pytest.raises(PathkitError, match=r"rows\.jsonl:3:\d+: invalid JSON"):
         list(iter_jsonl(path))
     errors: list[str] = []
     rows = list(iter_jsonl(path, strict=False, errors=errors))
     assert [r["a"] for _, r in rows] == [1, 3]
-    assert [e.split(": ", 1)[0].rsplit(":", 1)[1] for e in errors] == ["3", "4"]
+    assert [e.removeprefix(f"{path}:").split(":")[0] for e in errors] == ["3", "4"]
+    assert errors[0].startswith(f"{path}:3:8: invalid JSON")  # the column too: 8 is where the "," is missing
+    rows = list(iter_jsonl(path, strict=False, objects_only=False))  # a validator that reports rows itself
+    assert [r for _, r in rows] == [{"a": 1}, [1, 2], {"a": 3}]
     assert "expected a JSON object, got list" in errors[1]
 
 

@@ -16,6 +16,7 @@ import pytest
 from sweep_helpers import PROBE_BODY, PROBE_PARAMETERS, write_notebook
 
 from pathkit.io import read_json, read_jsonl
+from pathkit.models.encoders import load_encoder
 from pathkit.sweep.runner import run_sweep
 from pathkit.sweep.spec import SweepSpec
 from pathkit.synthetic.slides import write_slide
@@ -82,9 +83,10 @@ def test_tile_and_extract_on_ray_match_the_local_pipeline(local_ray, slides, tmp
     again = tile_slides_ray([*good, truncated], tmp_path / "ray", progress=False)
     assert sorted(again.skipped) == sorted(good) and not again.done and len(again.failed) == 1
 
-    ref = extract_features(tmp_path / "local", "tiny", tmp_path / "feat_local", batch_size=16, progress=False)
-    got = extract_features_ray(tmp_path / "ray", "tiny", tmp_path / "feat_ray", batch_size=16, actors=2,
-                               progress=False)
+    ref = extract_features(tmp_path / "local", "tiny", tmp_path / "feat_local", load_encoder=load_encoder,
+                           batch_size=16, progress=False)
+    got = extract_features_ray(tmp_path / "ray", "tiny", tmp_path / "feat_ray", load_encoder=load_encoder,
+                               batch_size=16, actors=2, progress=False)
     assert len(got.done) == len(ref.done) == 3 and got.tiles == ref.tiles
     for slide in good:
         stem = Path(slide).stem
@@ -92,5 +94,6 @@ def test_tile_and_extract_on_ray_match_the_local_pipeline(local_ray, slides, tmp
         coords_b, feats_b, attrs_b = read_features(tmp_path / "feat_ray" / f"{stem}.h5")
         assert np.array_equal(coords_a, coords_b) and attrs_b["encoder"] == "tiny"
         np.testing.assert_allclose(feats_b, feats_a, rtol=1e-5, atol=1e-5)
-    resumed = extract_features_ray(tmp_path / "ray", "tiny", tmp_path / "feat_ray", actors=2, progress=False)
+    resumed = extract_features_ray(tmp_path / "ray", "tiny", tmp_path / "feat_ray", load_encoder=load_encoder,
+                                   actors=2, progress=False)
     assert len(resumed.skipped) == 3 and not resumed.done

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,93 @@ def test_truncated_records_are_counted(tokenizer):
     ds = ConversationDataset([short, long, long], tokenizer, "vicuna_v1", max_length=64)
     assert ds.count_truncated() == 2
     assert len(ds[1]["input_ids"]) == 64  # and training cuts them at max_length
+
+
+# ------------------------------------------------------------------------------------------------ truncation
+
+def _tiny_vlm(recipe_name: str, stage_name: str):
+    from pathkit.config import Config
+    from pathkit.models.vlm import VisionLanguageModel
+    from pathkit.train.recipes import get_recipe
+    from pathkit.train.runner import stage_config
+
+    recipe = get_recipe(recipe_name, "tiny")
+    cfg = stage_config(Config.from_name("tiny"), recipe, recipe.stage(stage_name))
+    torch.manual_seed(0)
+    return VisionLanguageModel.from_config(cfg, vision=recipe.vision).eval(), cfg
+
+
+def _visual_input(model, cfg, tmp_path: Path, tiles: int = 0) -> str:
+    """A real PNG for an image model; a feature file of ``tiles`` tiles (pathkit's own .h5) for a slide model."""
+    from PIL import Image
+
+    from pathkit.wsi.features import write_features
+
+    rng = np.random.default_rng(0)
+    if not tiles:
+        path = tmp_path / "tile.png"
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(path)
+        return str(path)
+    coords = np.stack(np.meshgrid(np.arange(tiles) * 256, [0]), -1).reshape(-1, 2)[:tiles]
+    path = tmp_path / "slide.h5"
+    write_features(path, coords, {"mpp": 0.5, "patch_size": 256, "patch_size_level0": 256, "level": 0, "slide": "s",
+                                     "encoder": "tiny"},
+                   features=rng.normal(size=(tiles, cfg.longnet.in_dim)).astype(np.float32))
+    return str(path)
+
+
+@pytest.mark.parametrize(("recipe_name", "stage_name", "tiles"), [
+    ("quilt_llava", "instruct", 0), ("pa_llava", "vqa_tuning", 0), ("wsi_llava", "instruction_tuning", 5),
+    ("wsi_llava", "instruction_tuning", 300)])
+def test_visual_token_count_is_what_the_model_splices_in(tmp_path, recipe_name, stage_name, tiles):
+    from pathkit.train.data import image_loader_for
+
+    model, cfg = _tiny_vlm(recipe_name, stage_name)
+    visual = _visual_input(model, cfg, tmp_path, tiles)
+    with torch.no_grad():
+        if tiles:
+            feats = ConversationDataset([], model.tokenizer, "plain", 8).load_features(visual)
+            encoded = model.visual_tokens(slide_features=[feats["features"]], slide_coords=[feats["coords"]])
+        else:
+            encoded = model.visual_tokens(images=[image_loader_for(model, cfg)(visual)])
+    assert model.visual_token_count(tiles or None) == encoded[0].shape[0]
+
+
+@pytest.mark.parametrize(("recipe_name", "stage_name", "tiles"), [
+    ("quilt_llava", "instruct", 0), ("wsi_llava", "instruction_tuning", 200)])
+def test_truncation_counts_visual_tokens_and_cuts_where_llava_cuts_the_spliced_sequence(
+        tmp_path, recipe_name, stage_name, tiles):
+    """A record whose text and visual tokens just fit is kept whole; one token more and it is counted and cut:
+    its spliced sequence equals the whole record's spliced sequence cut at max_length (LLaVA's
+    ``prepare_inputs_labels_for_multimodal``), through the real tiny model."""
+    from pathkit.train.data import image_loader_for
+
+    model, cfg = _tiny_vlm(recipe_name, stage_name)
+    visual = _visual_input(model, cfg, tmp_path, tiles)
+    record = {"id": "r", "image": visual, "conversations": _conv("<image>\nDescribe it.", "cells " * 12)}
+    load = image_loader_for(model, cfg) if not tiles else None
+    whole = ConversationDataset([record], model.tokenizer, "vicuna_v1", 10_000, load_image=load,
+                                visual_token_count=model.visual_token_count)
+    total = whole.sequence_length(0)
+    text = len(whole[0]["input_ids"])
+    assert total == text - 1 + model.visual_token_count(tiles or None) > text + 4
+
+    def spliced(item, max_length=None):
+        batch = pad_collate(model.tokenizer.pad_token_id)([item])
+        features = model.visual_tokens(batch.get("images"), batch.get("slide_features"), batch.get("slide_coords"))
+        embeds, mask, labels, _ = model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                               features, max_length=max_length)
+        return embeds[0], labels[0]
+
+    with torch.no_grad():
+        for max_length, truncated in ((total, 0), (total - 1, 1), (total - 7, 1)):
+            ds = ConversationDataset([record], model.tokenizer, "vicuna_v1", max_length, load_image=load,
+                                     visual_token_count=model.visual_token_count)
+            assert ds.count_truncated() == truncated
+            embeds, labels = spliced(ds[0])
+            ref_embeds, ref_labels = spliced(whole[0], max_length=max_length)
+            assert embeds.shape[0] == min(total, max_length)
+            assert torch.equal(labels, ref_labels) and torch.allclose(embeds, ref_embeds)
+        # text-only counting, as before, would miss it: the text alone is far under the limit
+        text_only = ConversationDataset([record], model.tokenizer, "vicuna_v1", total - 1, load_image=load)
+        assert text_only.count_truncated() == 0

@@ -222,6 +222,55 @@ def test_unknown_stage_and_missing_data_are_one_line_errors(tmp_path, stain_set)
     assert not (tmp_path / "x").exists()
 
 
+def test_a_stage_given_the_other_kind_of_visual_input_stops_before_training(tmp_path, stain_set):
+    """DataSpec.source is read from the records: images given to WSI-LLaVA's slide stages (or slide features to
+    PA-LLaVA's CLIP) are a one-line error before any stage trains; a file mixing both kinds is one too."""
+    from pathkit.config import Config
+    from pathkit.train.recipes import get_recipe
+    from pathkit.train.records import records_source
+    from pathkit.train.runner import run_recipe
+
+    with pytest.raises(PathkitError, match=r"stage wsi_text: .*train.json holds images, but recipe wsi_llava "
+                                           r"trains this stage on slide feature files \(DataSpec.source=slides\)"):
+        run_recipe(get_recipe("wsi_llava", "tiny"), Config.from_name("tiny"), tmp_path / "w", stain_set["train"],
+                   image_folder=stain_set["images"])
+    assert not (tmp_path / "w").exists()
+    records = [{"id": "a", "image": "x.png"}, {"id": "t"}, {"id": "b", "image": ["s.h5"]}, {"id": "c", "image": "y.pt"}]
+    with pytest.raises(PathkitError, match=r"f.json: mixes images \(first: id=a\) and slide feature files "
+                                           r"\(first: id=b\)"):
+        records_source("f.json", records)
+    assert records_source("f.json", records[1:]) == "slides" and records_source("f.json", records[1:2]) is None
+
+
+def test_extra_closed_with_a_given_file_warns_and_is_an_error_when_set(tmp_path, stain_set):
+    """Extra closed questions come from the synthetic tiles' labels: a stage trained on a given file warns that
+    its extra_closed does nothing, and ``--set STAGE.data.extra_closed=N`` with a file is an error."""
+    import warnings
+
+    from pathkit.config import Config
+    from pathkit.eval.recipe_run import train_and_evaluate
+    from pathkit.train.commands import check_extra_closed_not_set
+    from pathkit.train.recipes import get_recipe, with_overrides
+
+    recipe = get_recipe("pa_llava", "tiny")
+    assert recipe.stage("vqa_tuning").data.extra_closed > 0
+    with pytest.warns(UserWarning, match=r"vqa_tuning \(extra_closed=\d+\): extra closed questions are made only "
+                                         r"for the tutorial's synthetic tiles"), pytest.raises(BadRecordsError):
+        train_and_evaluate(recipe, Config.from_name("tiny"), tmp_path / "p", stain_set["train"], evaluate=False)
+    _, none = with_overrides(Config.from_name("tiny"), recipe, {"*.data.extra_closed": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(BadRecordsError):  # images are not under the file's folder: stops before training
+            train_and_evaluate(none, Config.from_name("tiny"), tmp_path / "p", stain_set["train"], evaluate=False)
+    files = {s.name: str(stain_set["train"]) for s in recipe.stages}
+    with pytest.raises(PathkitError, match=r"--set vqa_tuning.data.extra_closed=2: extra closed questions are made "
+                                           r"only for the tutorial's synthetic tiles; stage vqa_tuning trains on "):
+        check_extra_closed_not_set({"vqa_tuning.data.extra_closed": 2}, recipe, files)
+    with pytest.raises(PathkitError, match="stage vqa_tuning trains on"):
+        check_extra_closed_not_set({"*.data.extra_closed": 1}, recipe, {"vqa_tuning": files["vqa_tuning"]})
+    check_extra_closed_not_set({"vqa_tuning.data.extra_closed": 0, "vqa_tuning.lr": 1e-4}, recipe, files)
+
+
 # ------------------------------------------------------------------------------------------------ learning
 
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from pathkit.config import Config, ConfigError
-from pathkit.train.recipes import Recipe, get_recipe
-from pathkit.train.runner import make_trainer, stage_config, with_overrides
+from pathkit.train.recipes import Recipe, get_recipe, with_overrides
+from pathkit.train.runner import make_trainer, stage_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

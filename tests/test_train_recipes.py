@@ -88,7 +88,8 @@ def test_override_stage_fields():
 
 def test_set_wins_over_the_recipe_and_reaches_every_stage_config():
     from pathkit.config import Config
-    from pathkit.train.runner import stage_config, with_overrides
+    from pathkit.train.recipes import with_overrides
+    from pathkit.train.runner import stage_config
 
     recipe = get_recipe("pa_llava", "tiny")
     assert recipe.config["llm.lora_r"] == 16
@@ -99,6 +100,31 @@ def test_set_wins_over_the_recipe_and_reaches_every_stage_config():
         assert stage_config(cfg, changed, stage).llm.lora_r == 4
     assert stage_config(cfg, changed, changed.stages[0]).seed == 7
     assert "lora_r: 4" in changed.to_yaml()  # recorded in the run's recipe.yaml
+
+
+def test_a_name_both_a_stage_and_a_config_section_is_read_unambiguously():
+    """pa_llava has a stage ``clip`` and Config has a section ``clip``: the field decides, ``stage.`` /
+    ``config.`` say it outright, and a key that fits neither reading is an error naming both."""
+    from pathkit.sweep.overrides import apply_overrides
+    from pathkit.train.recipes import with_overrides
+
+    tiny, recipe = Config.from_name("tiny"), get_recipe("pa_llava", "tiny")
+    assert "clip" in {s.name for s in recipe.stages} and hasattr(tiny, "clip")
+    cfg, changed = with_overrides(tiny, recipe, {"clip.init_temperature": 0.2, "clip.lr": 3e-4})
+    assert cfg.clip.init_temperature == 0.2 and changed.stage("clip").lr == 3e-4
+    assert changed.stage("vqa_tuning").lr == recipe.stage("vqa_tuning").lr
+    cfg, changed = with_overrides(tiny, recipe, {"config.clip.embed_dim": 32, "stage.clip.epochs": 3})
+    assert cfg.clip.embed_dim == 32 and changed.stage("clip").epochs == 3
+    assert changed.config["clip.embed_dim"] == 32  # recorded as a Config key, without the prefix
+    with pytest.raises(ConfigError, match=r"'clip' is both a Config section and a stage, and 'nope' is a field "
+                                          r"of neither .*init_temperature.*; write config\.clip\.nope or "
+                                          r"stage\.clip\.nope"):
+        with_overrides(tiny, recipe, {"clip.nope": 1})
+    with pytest.raises(ConfigError, match="no stage 'nostage'"):
+        with_overrides(tiny, recipe, {"stage.nostage.lr": 1})
+    # notebooks' overrides read keys the same way
+    cfg, changed = apply_overrides(tiny, {"clip.init_temperature": 0.3, "clip.lr": 2e-4}, recipe)
+    assert cfg.clip.init_temperature == 0.3 and changed.stage("clip").lr == 2e-4
 
 
 def test_train_command_help_and_bad_input():

@@ -89,7 +89,7 @@ def test_features_match_reference_preprocess_path(batch, tmp_path):
 
     _, good, _ = batch
     tile_slides(good[:1], tmp_path, progress=False, figure=False)
-    summary = extract(tmp_path, "tiny", tmp_path / "f", workers=0, progress=False)
+    summary = extract(tmp_path, "tiny", tmp_path / "f", load_encoder=load_encoder, workers=0, progress=False)
     assert summary.tiles > 0 and summary.tiles_per_second > 0
     coords, features, attrs = read_features(tmp_path / "f" / "good_a.h5")
     model, preprocess, _ = load_encoder("tiny")

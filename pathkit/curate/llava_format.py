@@ -26,8 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pathkit.io import PathkitError
-from pathkit.wsi.features import FEATURE_SUFFIXES  # an ``image`` with one of these is a slide feature file
+from PIL import Image
+
+from pathkit.io import PathkitError, iter_jsonl
+from pathkit.wsi.features import (
+    FEATURE_SUFFIXES,  # an ``image`` with one of these is a slide feature file
+    read_features,
+)
+
+# Lazy imports: h5py (h5py, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 IMAGE_TOKEN = "<image>"
 DESCRIBE_PROMPTS = (
@@ -131,23 +139,10 @@ def iter_llava_file(path: str | Path, chunk_size: int = 1 << 20) -> Iterator[tup
     with open(path, encoding="utf-8") as fh:
         head = fh.read(4096).lstrip("\ufeff \t\r\n")
     if not head.startswith("["):
-        yield from _iter_jsonl_records(path)
+        for index, (_, rec) in enumerate(iter_jsonl(path, objects_only=False)):
+            yield index, rec
         return
     yield from _iter_json_list(path, chunk_size)
-
-
-def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
-    index = 0
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PathkitError(f"{path}:{lineno}:{err.colno}: invalid JSON ({err.msg})") from err
-            yield index, rec
-            index += 1
 
 
 def _iter_json_list(path: Path, chunk_size: int) -> Iterator[tuple[int, Any]]:
@@ -289,8 +284,6 @@ def check_llava_file(path: str | Path, image_folder: str | Path | None = None, c
 
 
 def _image_problem(path: Path, rel: Path) -> str | None:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.verify()
@@ -313,7 +306,6 @@ def feature_width(path: str | Path) -> int:
         except OSError as err:
             raise PathkitError(f"{path}: not an HDF5 file ({err})") from err
         return int(shape[-1])
-    from pathkit.wsi.features import read_features
 
     _, feats, _ = read_features(path)
     if feats is None:

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pathkit.curate.dedup import record_caption
+from tqdm.auto import tqdm
+
+from pathkit.curate.dedup import dedup_records, record_caption
 from pathkit.curate.image_filter import ImageFilter
 from pathkit.curate.text_filter import TextFilter
 from pathkit.io import PathkitError
@@ -22,8 +24,6 @@ def filter_records(records: list[dict[str, Any]], text_filter: TextFilter | None
     Text is checked first (cheap), images only for records that passed. An unreadable image removes the record
     with rule ``unreadable`` (the batch continues).
     """
-    from tqdm.auto import tqdm
-
     kept, removed = [], []
     for i, rec in enumerate(tqdm(records, desc="filter", disable=not progress)):
         reason = text_filter.check(record_caption(rec)) if text_filter is not None else None
@@ -57,8 +57,6 @@ def curate_records(records: list[dict[str, Any]], text_filter: TextFilter | None
 
     ``embed``: the caption embedder (default :func:`pathkit.curate.dedup.caption_embedder`).
     """
-    from pathkit.curate.dedup import dedup_records
-
     kept, removed = filter_records(records, text_filter, image_filter, image_root, progress)
     for r in removed:
         r["stage"] = "filter"

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
 # The benchmark loaders' row rules (closed = yes/no, lettered choices, suffixes) are shared, so importing a
 # benchmark and evaluating on it read its rows the same way.
 from pathkit.curate.llava_format import IMAGE_TOKEN, record_problem
@@ -334,8 +336,6 @@ class ImageStore:
 
 def _check_image(where: str, data: bytes) -> str:
     """The image's format (JPEG, PNG, ...); an unreadable image is a bad row."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()

@@ -8,14 +8,26 @@ TRIDENT, WSI-Bench, SlideChat) and is passed as ``slide_features``.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pathkit.instruct.client import ChatClient
 from pathkit.io import FailureLog, JsonlAppender, PathkitError, iter_jsonl
+from pathkit.models.vlm import VisionLanguageModel
 from pathkit.train.data import FeatureLoader
 from pathkit.wsi.features import FEATURE_SUFFIXES
+
+# Lazy imports: torch (the model stack, seconds to import). They load inside the functions that need them, not
+# when this module is imported.
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
 
@@ -50,7 +62,6 @@ def load_visual(path: Path | None) -> tuple[str, Any]:
     if path.suffix.lower() in FEATURE_SUFFIXES:
         loaded = FeatureLoader()(str(path))  # as training reads it: a file without coords gets a grid
         return "slide", (loaded["features"], loaded["coords"])
-    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -69,16 +80,11 @@ class ServedChatModel:
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 600.0):
-        from pathkit.instruct.client import ChatClient
-
         self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
                                  timeout=timeout, max_attempts=3)
 
     @staticmethod
     def _image_url(image: Any) -> str:
-        import base64
-        import io
-
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -92,8 +98,6 @@ class ServedChatModel:
 
     def answer(self, questions: list[str], images: list[Any] | None = None, slide_features: list[Any] | None = None,
                slide_coords=None, max_new_tokens: int = 32) -> list[str]:
-        from concurrent.futures import ThreadPoolExecutor
-
         if images is not None:
             urls = [self._image_url(im) for im in images]
         elif slide_features is not None:
@@ -150,7 +154,6 @@ def generate_answers(model_dir: str | Path | None, questions_jsonl: str | Path, 
     if model is None:
         if model_dir is None:
             raise PathkitError("generate_answers: give model_dir or model")
-        from pathkit.models.vlm import VisionLanguageModel
 
         model = VisionLanguageModel.from_pretrained(model_dir)
         if hasattr(model, "eval"):
@@ -172,10 +175,6 @@ def generate_answers(model_dir: str | Path | None, questions_jsonl: str | Path, 
     skipped = len(done)
     base = questions_jsonl.parent
     answered = 0
-
-    import contextlib
-
-    from tqdm.auto import tqdm
 
     no_grad = contextlib.nullcontext()
     try:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pathkit.instruct.client import ChatClient
 from pathkit.io import JsonlAppender, PathkitError, iter_jsonl, one_line
 
 CLAIM_SCORES = (0.0, 0.3, 0.7, 1.0)
@@ -82,8 +83,6 @@ class MalformedReply(ValueError):
 def make_client(base_url: str | None, model: str, api_key_env: str = "OPENAI_API_KEY",
                 cache_dir: str | Path | None = None, **kwargs: Any) -> Any:
     """The team's :class:`ChatClient` (retries, backoff, cache) for the judge model."""
-    from pathkit.instruct.client import ChatClient
-
     return ChatClient(base_url, model, api_key_env=api_key_env, cache_dir=cache_dir, **kwargs)
 
 

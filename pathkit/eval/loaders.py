@@ -35,6 +35,9 @@ from typing import Any
 from pathkit.eval.metrics import CHOICE_SUFFIX, YES_NO_SUFFIX, normalize_text, read_yes_no
 from pathkit.io import PathkitError, iter_jsonl, read_json, write_jsonl
 
+# Lazy imports: pandas (pandas, ~0.6 s); pyarrow (pyarrow, for parquet only). They load inside the functions
+# that need them, not when this module is imported.
+
 LETTERS = "ABCDEFGH"
 MMMU_MEDICAL_SUBJECTS = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
                          "Pharmacy", "Public_Health")

@@ -32,11 +32,19 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from pathkit.paths import cache_dir
+
+# Lazy imports: nltk (NLTK, ~3 s); rouge_score (rouge-score loads NLTK); sklearn (scikit-learn, ~1.4 s). They
+# load inside the functions that need them, not when this module is imported.
 
 # ---------------------------------------------------------------------------------------------------------
 # pathkit's normalisation and closed-set reading
@@ -351,8 +359,6 @@ def wordnet_reader(debian_dir: str = str(DEBIAN_WORDNET)) -> tuple[Any, str]:
                       "wordnet-base (apt-get install wordnet-base) to get METEOR")
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    from pathkit.paths import cache_dir
-
     data_root = cache_dir() / "nltk_data"
     dst = data_root / "corpora" / "wordnet30"
     if not (dst / "lexnames").exists():
@@ -367,8 +373,6 @@ def wordnet_reader(debian_dir: str = str(DEBIAN_WORDNET)) -> tuple[Any, str]:
     class _WordNet30(WordNetCorpusReader):
         def map_wn(self, version="wordnet"):  # this *is* WordNet 3.0: no mapping (needs index.sense)
             return None
-
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "multilingual functions are not available": not needed for METEOR
@@ -421,8 +425,6 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.0
 
     Returns None for fewer than two items or ``n_boot == 0``.
     """
-    import numpy as np
-
     vals = np.asarray([v for v in values if v is not None], dtype=float)
     if len(vals) < 2 or n_boot <= 0:
         return None

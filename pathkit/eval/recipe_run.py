@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def train_and_evaluate(recipe: Recipe, cfg: Config, out_dir: str | Path,
     given = {} if train_data is None else (
         dict(train_data) if isinstance(train_data, dict) else {s.name: train_data for s in recipe.stages})
     need_files = any(not (given.get(s.name) or s.data.path) for s in recipe.stages)
+    warn_extra_closed_ignored(recipe, [s.name for s in recipe.stages if given.get(s.name) or s.data.path])
     if need_files or (evaluate and eval_questions is None):
         tutorial = tutorial_data(recipe, cfg, data_dir if data_dir is not None else out_dir)
         given = {s.name: given.get(s.name) or s.data.path or tutorial["train"][s.name] for s in recipe.stages}
@@ -90,6 +92,17 @@ def train_and_evaluate(recipe: Recipe, cfg: Config, out_dir: str | Path,
         summary["eval_questions"] = str(eval_questions)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def warn_extra_closed_ignored(recipe: Recipe, stages_with_files: list[str]) -> None:
+    """Warn once when a stage that trains on a given file asks for ``extra_closed`` questions: they are written
+    only into the tutorial's synthetic tile files (from each tile's ground-truth label, which a user's file
+    does not have), so the file is trained on as it is."""
+    named = [f"{s.name} (extra_closed={s.data.extra_closed})" for s in recipe.stages
+             if s.name in stages_with_files and s.data.extra_closed]
+    if named:
+        warnings.warn(f"{', '.join(named)}: extra closed questions are made only for the tutorial's synthetic "
+                      "tiles; a given training file is trained on as it is", stacklevel=3)
 
 
 def _is_rank_zero() -> bool:

@@ -4,12 +4,22 @@ benchmark JSONs other parts write into ``figures/``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pathkit.eval import metrics as M
+from pathkit.models.vlm import VisionLanguageModel
+from pathkit.train.recipes import get_recipe
+from pathkit.train.runner import run_recipe
+from pathkit.workdir import tutorial_data
+
+# Lazy imports: pandas (pandas, ~0.6 s); matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions
+# that need them, not when this module is imported.
 
 # Numbers the seeds PUBLISHED (not measured by pathkit), from reference/seed-systems.md; source tags as there.
 SEED_PUBLISHED: dict[str, Any] = {
@@ -112,7 +122,6 @@ def disagreement_table(examples: Sequence[tuple[str, str]] = (
 def plot_metrics_with_ci(metrics_by_model: dict[str, dict[str, Any]], path: str | Path | None = None):
     """Per question category: closed accuracy (closed categories) or open recall (open ones), 95% CI bars."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     cats = sorted({c for m in metrics_by_model.values() for c in m["by_category"]})
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cats) + 2), 3.8))
@@ -147,7 +156,6 @@ def plot_metrics_with_ci(metrics_by_model: dict[str, dict[str, Any]], path: str 
 def plot_variants(metrics_by_model: dict[str, dict[str, Any]], path: str | Path | None = None):
     """The same answers scored by pathkit's rule and by each seed's closed-accuracy code."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names = ["pathkit", *M.SEED_CLOSED_VARIANTS]
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -175,7 +183,6 @@ def plot_variants(metrics_by_model: dict[str, dict[str, Any]], path: str | Path 
 def plot_seed_numbers(path: str | Path | None = None):
     """The HuatuoGPT-Vision README table (published numbers, not pathkit's)."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     table = SEED_PUBLISHED["huatuogpt_vision_table"]
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -268,26 +275,16 @@ def ensure_eval_models(workdir: str | Path, cfg: Any, recipe: str = "quilt_llava
     if found:
         return found, f"{len(found)} model(s) trained by earlier notebooks under {Path(workdir) / 'train'}"
     if train:
-        try:
-            import dataclasses
-
-            from pathkit.train.recipes import get_recipe
-            from pathkit.train.runner import run_recipe
-            from pathkit.workdir import tutorial_data
-
-            rec = get_recipe(recipe, cfg.preset)
-            rec = dataclasses.replace(rec, stages=tuple(dataclasses.replace(s, max_steps=max_steps)
-                                                        for s in rec.stages))
-            run_recipe(rec, cfg, Path(workdir) / "train" / recipe, tutorial_data(rec, cfg, workdir)["train"])
-            found = find_trained_models(workdir)
-            if found:
-                return found, (f"no trained model in the workdir: trained {recipe} here for {max_steps} steps "
-                               "per stage (run notebook 07 for the full tiny recipe)")
-        except ImportError:
-            pass
-    from pathkit.models.vlm import VisionLanguageModel
+        rec = get_recipe(recipe, cfg.preset)
+        rec = dataclasses.replace(rec, stages=tuple(dataclasses.replace(s, max_steps=max_steps)
+                                                    for s in rec.stages))
+        run_recipe(rec, cfg, Path(workdir) / "train" / recipe, tutorial_data(rec, cfg, workdir)["train"])
+        found = find_trained_models(workdir)
+        if found:
+            return found, (f"no trained model in the workdir: trained {recipe} here for {max_steps} steps "
+                           "per stage (run notebook 07 for the full tiny recipe)")
 
     out = Path(workdir) / "eval" / "untrained" / "model"
     if not (out / "pathkit_vlm.json").exists():
         VisionLanguageModel.from_config(cfg).save_pretrained(out)
-    return {"untrained": out}, "training code unavailable: evaluating a random-initialised model (chance level)"
+    return {"untrained": out}, "no trained model and training off: evaluating a random-initialised model (chance level)"

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from pathkit.eval import metrics as M
 from pathkit.io import PathkitError, iter_jsonl, write_json
 
@@ -120,8 +122,6 @@ def aggregate(items: Iterable[dict[str, Any]], n_boot: int = 1000, seed: int = 0
 def score(questions: list[dict[str, Any]], answers: dict[str, dict[str, Any]], n_boot: int = 1000,
           seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Score answers (by question_id) against questions: overall, by answer type and by category."""
-    from tqdm.auto import tqdm
-
     items = []
     missing = 0
     for q in tqdm(questions, desc="score", disable=not progress or len(questions) < 200):

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 RED = (255, 0, 0)
 
 
@@ -35,9 +38,6 @@ def draw_visual_prompt(image: Any, boxes: Sequence[Sequence[float]], shape: str 
         width: line width in pixels (default ~1% of the shorter side, at least 2).
         pad: the ellipse/box is grown by this fraction of the box size on each side.
     """
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     if isinstance(image, (str, Path)):
         with Image.open(image) as im:
             img = im.convert("RGB")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import fcntl
 import hashlib
 import json
 import mimetypes
@@ -31,7 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from pathkit.io import JsonlAppender, PathkitError, atomic_write_text, iter_jsonl, one_line
+
+# Lazy imports: openai (the OpenAI client, only for a remote LLM). They load inside the functions that need
+# them, not when this module is imported.
 
 # USD per 1M tokens (input, output): public list prices, for a rough estimate only. Override with
 # ChatClient(price_per_mtok=(in, out)). Unknown models (local servers) cost 0.
@@ -355,8 +361,6 @@ def run_journaled(items: Iterable[tuple[str, Any]], work: Callable[[Any], dict[s
 
 
 def _lock_journal(journal_path: Path):
-    import fcntl
-
     fh = open(journal_path.with_name(journal_path.name + ".lock"), "a")
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -367,8 +371,6 @@ def _lock_journal(journal_path: Path):
 
 
 def _run_journaled_locked(items, work, journal_path, concurrency, header, retry_failed, progress, desc, on_row):
-    from tqdm.auto import tqdm
-
     old_header, done = read_journal(journal_path)
     if header is not None and old_header is not None:
         for key in sorted(set(header) | set(old_header)):

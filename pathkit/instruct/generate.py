@@ -30,7 +30,7 @@ from pathkit.instruct.client import ChatClient, ChatResult, UsageMeter, run_jour
 from pathkit.instruct.prompts import PromptTemplate, ReplyParseError, get_prompt, load_prompts
 from pathkit.instruct.rule_based import MODEL_NAME as RULE_BASED
 from pathkit.instruct.rule_based import REASK_PREFIX, RuleBasedChat
-from pathkit.io import FailureLog, PathkitError, iter_jsonl, write_json
+from pathkit.io import FailureLog, PathkitError, iter_jsonl, read_json, write_json
 
 __all__ = ["InputItem", "RuleBasedGenerator", "generate_file", "generate_records", "generation_settings", "make_chat",
            "read_items"]
@@ -115,8 +115,6 @@ def read_items(path: str | Path, failures: FailureLog | None = None) -> list[Inp
     """Input rows of a JSONL (or a JSON list) as items; bad rows go to ``failures`` (or raise without one)."""
     path = Path(path)
     if path.suffix == ".json":
-        from pathkit.io import read_json
-
         data = read_json(path)
         if not isinstance(data, list):
             raise PathkitError(f"{path}: expected a JSON list of rows")
@@ -124,7 +122,7 @@ def read_items(path: str | Path, failures: FailureLog | None = None) -> list[Inp
     else:
         parse_errors: list[str] = []
         rows = list(iter_jsonl(path, strict=failures is None, errors=parse_errors))
-        for msg in parse_errors:  # "file:line: invalid JSON (...)"
+        for msg in parse_errors:  # "file:line:column: invalid JSON (...)"
             failures.add(msg.split(": ", 1)[0], msg.split(": ", 1)[1])
     items, seen = [], {}
     for lineno, row in rows:

@@ -30,9 +30,11 @@ The server records ``request_count`` (every POST to chat/completions, faulted on
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +42,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from pathkit.instruct.rule_based import rule_based_responder
 
 Responder = Callable[[list[dict[str, Any]], dict[str, Any]], "str | dict[str, Any]"]
 FAULT_KINDS = ("rate_limit", "server_error", "slow", "malformed", "drop")
@@ -53,8 +57,6 @@ class _QuietHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
 
@@ -248,8 +250,6 @@ def serve(responder: Responder | None = None, faults: Faults | None = None, late
           host: str = "127.0.0.1", port: int = 0) -> Iterator[LocalServer]:
     """Run an OpenAI-compatible server in a background thread for the ``with`` block (see module docs)."""
     if responder is None:
-        from pathkit.instruct.rule_based import rule_based_responder
-
         responder = rule_based_responder()
     server = LocalServer(responder, faults or Faults(), latency=latency, host=host, port=port).start()
     try:
@@ -260,8 +260,6 @@ def serve(responder: Responder | None = None, faults: Faults | None = None, late
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m pathkit.instruct.local_server --port 8000``: serve the rule-based responder until Ctrl-C."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")

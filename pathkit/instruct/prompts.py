@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pathkit.io import PathkitError
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -199,8 +201,6 @@ _REQUIRED = ("kind", "system", "user", "reply_shape", "reply_example")
 
 def load_template_file(path: str | Path) -> list[PromptTemplate]:
     """Templates from one YAML file (one mapping, or a list of mappings)."""
-    import yaml
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -16,7 +16,8 @@ import random
 import re
 from typing import Any
 
-from pathkit.instruct.client import ChatResult, message_text
+from pathkit.curate.text_filter import vocabulary_hits
+from pathkit.instruct.client import ChatResult, UsageMeter, message_text
 from pathkit.instruct.prompts import PLACEHOLDER, PromptTemplate, load_prompts
 
 MODEL_NAME = "rule-based"
@@ -140,8 +141,6 @@ def instruction_vqa(inp: dict[str, Any]) -> dict[str, Any]:
 
 
 def cleaning_label(inp: dict[str, Any]) -> dict[str, Any]:
-    from pathkit.curate.text_filter import vocabulary_hits
-
     text = " ".join(str(inp.get(k) or "") for k in ("caption", "context", "label", "report"))
     words = set(re.findall(r"[a-z]+", text.lower()))
     hits = vocabulary_hits(text)
@@ -289,8 +288,6 @@ class RuleBasedChat:
     accepts_images = False  # rules read the structured text only; skip encoding images
 
     def __init__(self, templates: dict[str, PromptTemplate] | None = None):
-        from pathkit.instruct.client import UsageMeter
-
         self.responder = RuleBasedResponder(templates)
         self.usage = UsageMeter(MODEL_NAME, (0.0, 0.0))
 

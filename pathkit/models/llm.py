@@ -25,12 +25,19 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from pathkit.io import PathkitError, folder_lock
 from pathkit.models.conversation import IMAGE_TOKEN
+from pathkit.models.llava_folder import check_load, is_hf_llava_dir, llava_config, read_llava_weights
+from pathkit.models.tiny_pretrain import PretrainSpec, pretrain_tiny_llm
 from pathkit.paths import cache_dir
+
+# Lazy imports: tokenizers, transformers, torch (the model stack, seconds to import). They load inside the
+# functions that need them, not when this module is imported.
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN,
                   "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -158,15 +165,12 @@ def build_tiny_llm(out_dir: str | Path, name: str = "tiny", seed: int = TINY_SEE
 def _pretrain_spec(name: str):
     if name != "tiny-pretrained":
         return None
-    from pathkit.models.tiny_pretrain import PretrainSpec
 
     return PretrainSpec()
 
 
 def _build_key(name: str) -> dict:
     """What a cached tiny LLM must have been built with to be reused (version, and the pre-training spec)."""
-    from dataclasses import asdict
-
     spec = _pretrain_spec(name)
     return {"version": TINY_BUILD_VERSION, "pretrain": asdict(spec) if spec is not None else None}
 
@@ -212,12 +216,8 @@ def _build_into(final: Path, name: str, key: dict, log) -> Path:
 
 def _pretrain_folder(folder: Path, spec, log=None) -> dict:
     """Load the random-init model saved in ``folder``, pre-train it on text (one thread), save it back."""
-    import sys
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pathkit.models.tiny_pretrain import pretrain_tiny_llm
 
     if log is None:
         def log(line: str) -> None:
@@ -303,7 +303,6 @@ def load_llm(name_or_path: str | Path = "tiny", dtype=None, device: str = "cpu")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _resolve(name_or_path)
-    from pathkit.models.hf_llava import is_hf_llava_dir, load_llava_language_model
 
     if is_hf_llava_dir(source):  # an HF LLaVA folder: its language model part
         model, tokenizer = load_llava_language_model(source, dtype=dtype)
@@ -320,3 +319,30 @@ def load_llm(name_or_path: str | Path = "tiny", dtype=None, device: str = "cpu")
             raise PathkitError(f"LLM {name_or_path!r}: cannot load ({str(err).splitlines()[0]})") from err
     prepare_tokenizer(tokenizer, model)
     return model.to(device), tokenizer
+
+
+def load_llava_language_model(directory: str | Path, dtype=None):
+    """The causal LM of an HF LLaVA folder (its text config + language-model weights) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    config = llava_config(directory)
+    text = config.text_config
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_config(text, dtype=dtype) if dtype is not None \
+        else AutoModelForCausalLM.from_config(text)
+    body = read_llava_weights(directory, "language_model")
+    head = read_llava_weights(directory, "lm_head")
+    state = {f"model.{k}": v for k, v in body.items()} | {f"lm_head.{k}": v for k, v in head.items()}
+    tied = bool(getattr(text, "tie_word_embeddings", False))
+    check_load(model.load_state_dict(state, strict=False), f"{directory}: language model",
+                allowed_missing=("lm_head.",) if tied else ())
+    if tied:
+        model.tie_weights()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as err:
+        raise PathkitError(f"{directory}: cannot load the tokenizer ({type(err).__name__})") from err
+    return model.eval(), tokenizer

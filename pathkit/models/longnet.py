@@ -62,6 +62,9 @@ from torch.utils.checkpoint import checkpoint
 from pathkit.config import LongNetConfig
 from pathkit.io import PathkitError, atomic_path, write_json
 
+# Lazy imports: safetensors (the model stack, seconds to import). They load inside the functions that need
+# them, not when this module is imported.
+
 # --------------------------------------------------------------------------------------------------------------
 # Branch geometry
 

@@ -21,7 +21,16 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pathkit.models.conversation import IGNORE_INDEX, system_token_count, tokenize_conversation
+from pathkit.models.conversation import (
+    IGNORE_INDEX,
+    system_token_count,
+    tokenize_conversation,
+    tokenize_prompt,
+)
+from pathkit.synthetic.corpus import text_conversations
+
+# Lazy imports: torch (the model stack, seconds to import). They load inside the functions that need them, not
+# when this module is imported.
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,6 @@ def pretrain_tiny_llm(model, tokenizer, spec: PretrainSpec = PretrainSpec(), log
     """
     import torch
     import torch.nn.functional as F
-
-    from pathkit.synthetic.corpus import text_conversations
 
     conversations = text_conversations(spec.conversations, seed=spec.seed)
     skip = system_prefix_length(tokenizer, spec.template)
@@ -99,8 +106,6 @@ def answer_from_context(model, tokenizer, conversations: list[list[dict[str, Any
                         ) -> float:
     """Accuracy of greedy next-token answers on closed text questions (yes/no or one letter), for checks."""
     import torch
-
-    from pathkit.models.conversation import tokenize_prompt
 
     hits = []
     with torch.no_grad():

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pathkit.config import Config
 from pathkit.io import PathkitError
 from pathkit.models.connectors import build_connector, tile_image
 from pathkit.models.conversation import (
@@ -38,6 +39,14 @@ from pathkit.models.conversation import (
     image_token_id,
     tokenize_prompt,
 )
+from pathkit.models.encoders import load_encoder
+from pathkit.models.hf_llava import llava_projector_state, pathkit_config_for_llava
+from pathkit.models.llava_folder import is_hf_llava_dir
+from pathkit.models.llm import load_llm
+from pathkit.models.longnet import LongNetEncoder
+
+# Lazy imports: peft, safetensors (the model stack, seconds to import). They load inside the functions that
+# need them, not when this module is imported.
 
 PARTS = ("vision", "slide_encoder", "connector", "llm", "lora")
 META_FILE = "pathkit_vlm.json"
@@ -81,21 +90,15 @@ class VisionLanguageModel(nn.Module):
         ``cfg.llm.lora_r > 0`` and ``lora``).
 
         Default freeze state: vision and LLM weights frozen; connector, slide encoder and LoRA trainable."""
-        from pathkit.models.llm import load_llm
-
         llm_name = llm_name or cfg.llm.name
         llm, tokenizer = load_llm(llm_name)
         hidden = llm.get_input_embeddings().embedding_dim
         tower = preprocess = encoder = None
         if vision == "image":
-            from pathkit.models.encoders import load_encoder
-
             tower, preprocess, _ = load_encoder(cfg.encoder.name)
             in_dim = tower.token_dim
         elif vision == "slide":
             if slide_encoder:
-                from pathkit.models.longnet import LongNetEncoder
-
                 if isinstance(slide_encoder, (str, Path)):  # e.g. WSI-LLaVA stage 1's contrastive slide encoder
                     encoder = LongNetEncoder.from_pretrained(slide_encoder)
                     cfg = cfg.replace(longnet=encoder.cfg)
@@ -108,8 +111,6 @@ class VisionLanguageModel(nn.Module):
             raise PathkitError(f"vision={vision!r}: must be image or slide")
         connector = build_connector(cfg.connector, in_dim, hidden)
         if vision == "image" and cfg.connector.type == "mlp2x_gelu":
-            from pathkit.models.hf_llava import is_hf_llava_dir, llava_projector_state
-
             if is_hf_llava_dir(cfg.encoder.name):  # an HF LLaVA folder brings its trained projector along
                 connector.load_state_dict(llava_projector_state(cfg.encoder.name))
         model = cls(cfg, llm, tokenizer, connector, vision=vision, vision_tower=tower, preprocess=preprocess,
@@ -288,6 +289,19 @@ class VisionLanguageModel(nn.Module):
         if slide_features is not None:
             feats += self.encode_slides(slide_features, slide_coords)
         return feats
+
+    def visual_token_count(self, tiles: int | None = None) -> int:
+        """Positions one image (``tiles=None``), or one slide of ``tiles`` tile features, takes in the LLM's sequence
+        once spliced in: the encoder's tokens (patch tokens, + CLS with ``cls_patch``; a slide's tiles, + LongNet's
+        CLS), at most the connector's ``num_tokens`` when it pools (WSI-LLaVA's pool, PA-LLaVA's queries)."""
+        if tiles is None:
+            if self.vision_tower is None:
+                raise PathkitError("visual_token_count: this model has no image encoder (vision='slide')")
+            count = self.vision_tower.num_tokens + int(self.cfg.encoder.select_feature == "cls_patch")
+        else:
+            count = tiles + int(self.slide_encoder is not None)
+        pooled = getattr(self.connector, "num_tokens", None)
+        return min(pooled, count) if pooled else count
 
     def _check_image_count(self, input_ids: torch.Tensor, keep: torch.Tensor, features: list[torch.Tensor]):
         n_tokens = int((input_ids[keep] == self.image_token_id).sum())
@@ -543,9 +557,6 @@ class VisionLanguageModel(nn.Module):
         """Load a folder written by :meth:`save_pretrained`, or an HF LLaVA folder (:meth:`from_hf_llava`)."""
         from safetensors.torch import load_file
 
-        from pathkit.config import Config
-        from pathkit.models.hf_llava import is_hf_llava_dir
-
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.exists():
@@ -583,7 +594,5 @@ class VisionLanguageModel(nn.Module):
         checkpoint or pathkit's own export: its vision tower, projector and LLM, frozen as a fresh model is.
 
         ``base_cfg``: the pathkit config whose other sections (training, data) it keeps (default: ``tiny``)."""
-        from pathkit.models.hf_llava import pathkit_config_for_llava
-
         cfg = pathkit_config_for_llava(directory, base_cfg)
         return cls.from_config(cfg, vision="image", lora=False).to(device)

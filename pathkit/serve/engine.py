@@ -24,6 +24,10 @@ from typing import Any
 import torch
 
 from pathkit.io import PathkitError
+from pathkit.models.conversation import get_template
+from pathkit.models.llava_folder import is_hf_llava_dir
+from pathkit.models.llm import load_llm
+from pathkit.models.vlm import META_FILE, VisionLanguageModel
 from pathkit.serve.images import RequestError
 
 
@@ -54,10 +58,6 @@ class ServedModel:
 
     def __init__(self, name_or_path: str | Path, template: str | None = None, device: str = "cpu",
                  dtype: str | None = None):
-        from pathkit.models.conversation import get_template
-        from pathkit.models.hf_llava import is_hf_llava_dir
-        from pathkit.models.vlm import META_FILE, VisionLanguageModel
-
         path = Path(str(name_or_path)).expanduser()
         self.vlm = None
         if (path / META_FILE).is_file() or is_hf_llava_dir(path):
@@ -67,8 +67,6 @@ class ServedModel:
             self.llm, self.tokenizer, self.vision = self.vlm.llm, self.vlm.tokenizer, self.vlm.vision
             self.template = template or self.vlm.template
         else:
-            from pathkit.models.llm import load_llm
-
             self.llm, self.tokenizer = load_llm(str(name_or_path), dtype=dtype, device=device)
             self.llm.eval()
             self.vision, self.template = "none", template or "vicuna_v1"
@@ -83,7 +81,6 @@ class ServedModel:
     def _stop_ids(self) -> list[int]:
         if self.vlm is not None:
             return self.vlm.stop_token_ids()
-        from pathkit.models.conversation import get_template
 
         ids = [self.tokenizer.eos_token_id]
         for stop in get_template(self.template).stop_strings:

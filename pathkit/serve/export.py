@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pathkit.io import PathkitError
+from pathkit.models.hf_llava import export_hf_llava, hf_llava_unsupported
+from pathkit.models.vlm import VisionLanguageModel
 
 FORMATS = ("hf-llava", "pathkit")
 
@@ -15,9 +17,6 @@ def export_model(model_dir: str | Path, out_dir: str | Path, fmt: str = "hf-llav
 
     ``hf-llava`` writes :func:`pathkit.models.hf_llava.export_hf_llava`'s folder when the model fits it and a
     pathkit folder (LoRA merged) otherwise; ``pathkit`` always writes a pathkit folder with LoRA merged."""
-    from pathkit.models.hf_llava import export_hf_llava, hf_llava_unsupported
-    from pathkit.models.vlm import VisionLanguageModel
-
     if fmt not in FORMATS:
         raise PathkitError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)

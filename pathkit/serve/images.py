@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from pathkit.eval.answers import load_visual as load_file
+from pathkit.io import PathkitError
+
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,",
                        re.ASCII)
 SLIDE_SUFFIXES = (".h5", ".hdf5")
@@ -44,8 +49,6 @@ class ImageLimits:
 
 
 def _open_image(data: bytes, where: str, param: str, limits: ImageLimits):
-    from PIL import Image
-
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
     except Exception as err:
@@ -116,8 +119,6 @@ def load_visual(url: str, root: Path | None, vision: str, param: str, limits: Im
         if vision != "slide":
             raise RequestError(f"image_url: {path.name} is a slide feature file; this model takes images", param,
                                "invalid_image")
-        from pathkit.eval.answers import load_visual as load_file
-        from pathkit.io import PathkitError
 
         try:
             return load_file(path)

@@ -27,8 +27,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pathkit.io import PathkitError
+from pathkit.models.conversation import get_template, tokenize_prompt
 from pathkit.serve.engine import Engine, Generation, ServedModel
 from pathkit.serve.images import ImageLimits, RequestError, load_visual
+
+# Lazy imports: uvicorn (uvicorn, only when serving). They load inside the functions that need them, not when
+# this module is imported.
 
 
 @dataclass
@@ -164,8 +169,6 @@ class _Stream:
     join up to exactly the final, cleaned answer."""
 
     def __init__(self, served: ServedModel, stop: list[str], loop: asyncio.AbstractEventLoop):
-        from pathkit.models.conversation import get_template
-
         self.served = served
         self.stops = list(get_template(served.template).stop_strings) + stop
         self.loop = loop
@@ -242,8 +245,6 @@ def create_app(engine: Engine, settings: ServerSettings):
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        from pathkit.models.conversation import tokenize_prompt
-
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -318,8 +319,6 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, image_ro
           dtype: str | None = None, max_image_bytes: int = 20 * 1024 * 1024, log_level: str = "warning") -> None:
     """Load ``model`` and serve it until interrupted (see the module docstring)."""
     import uvicorn
-
-    from pathkit.io import PathkitError
 
     root = None
     if image_root is not None:

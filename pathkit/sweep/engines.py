@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
-from pathkit.io import PathkitError
+from pathkit.io import one_line
 from pathkit.sweep.execute import execute_run
+
+# Lazy imports: ray (Ray, an optional extra that starts a runtime). They load inside the functions that need
+# them, not when this module is imported.
 
 PR_SET_PDEATHSIG = 1
 
@@ -53,28 +56,8 @@ def _result_or_failure(future, job: dict[str, Any]) -> dict[str, Any]:
     try:
         return future.result()
     except Exception as err:  # the worker process itself died (out of memory, killed): that run failed
-        from pathkit.io import one_line
-
         return {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
                 "error": f"worker died: {one_line(err)}", "seconds": None}
-
-
-def start_ray(address: str | None, num_cpus: int | None = None):
-    """Join the Ray cluster at ``address``, or start a local Ray with this machine's cores.
-
-    Returns True when this call started Ray (so the caller shuts it down).
-    """
-    try:
-        import ray
-    except ImportError as err:
-        raise PathkitError('--engine ray: Ray is not installed (pip install "pathkit[sweep]")') from err
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> Iterator[dict[str, Any]]:
@@ -91,9 +74,7 @@ def run_ray(jobs: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> Ite
                 try:
                     yield ray.get(ref)
                 except Exception as err:  # the worker died (ray.exceptions.WorkerCrashedError, ...)
-                    from pathkit.io import one_line
-
-                    yield {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
+                                yield {"run_id": os.path.basename(job["run_dir"]), "status": "failed",
                            "error": f"ray task failed: {one_line(err)}", "seconds": None}
     finally:  # the sweep stopped early (Ctrl-C, an error): runs not yet finished are cancelled
         for ref in pending:

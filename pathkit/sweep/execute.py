@@ -20,12 +20,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pathkit.io import one_line, read_json, write_json
+
+# Lazy imports: papermill (papermill, Jupyter's stack). They load inside the functions that need them, not
+# when this module is imported.
 
 STATUS_FILE = "status.json"
 PARAMS_FILE = "params.json"
@@ -43,8 +47,6 @@ def stderr_to(fh) -> Iterator[None]:
     The kernel papermill launches inherits it, so its own warnings land in the run's log, not in the
     terminal or, when a notebook runs the sweep, in that notebook's output.
     """
-    import sys
-
     sys.stderr.flush()
     saved = os.dup(2)
     os.dup2(fh.fileno(), 2)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pathkit.config import Config
 from pathkit.io import PathkitError
+from pathkit.train.recipes import split_overrides, with_overrides
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any] | None, *recipes) -> tuple:
@@ -19,32 +20,24 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | None, *recipes) -> 
     Config keys change ``cfg`` and are folded into every recipe's own overrides (so they win over the recipe's
     settings, as ``pathkit train --set`` does); stage keys change the recipes that have that stage.
     """
-    from pathkit.train.runner import with_overrides
-
     overrides = dict(overrides or {})
     if not isinstance(overrides, dict):
         raise PathkitError(f"overrides: expected a dict of key -> value, got {type(overrides).__name__}")
-    sections = set(cfg.to_dict())
     stage_names = {s.name for r in recipes for s in r.stages}
-    cfg_changes, stage_changes = {}, {}
-    for key, value in overrides.items():
-        head = str(key).split(".", 1)[0]
-        if head in sections:
-            cfg_changes[key] = value
-        elif head == "*" or head in stage_names:
-            if not recipes:
-                raise PathkitError(f"overrides[{key!r}]: names a training stage, but this notebook trains no "
-                                   f"recipe; use a Config key ({', '.join(sorted(sections))})")
-            stage_changes[key] = value
-        else:
-            raise PathkitError(f"overrides[{key!r}]: not a Config section ({', '.join(sorted(sections))}) nor a "
-                               f"stage ({', '.join(sorted(stage_names)) or 'no recipe here'}, or '*')")
+    cfg_changes, stage_changes = split_overrides(overrides, recipes, where="overrides")
+    if stage_changes and not recipes:
+        raise PathkitError(f"overrides[{next(iter(stage_changes))!r}]: names a training stage, but this notebook "
+                           f"trains no recipe; use a Config key ({', '.join(sorted(cfg.to_dict()))})")
+    for key in cfg_changes:
+        if key.split(".", 1)[0] not in cfg.to_dict():
+            raise PathkitError(f"overrides[{key!r}]: not a Config section ({', '.join(sorted(cfg.to_dict()))}) "
+                               f"nor a stage ({', '.join(sorted(stage_names)) or 'no recipe here'}, or '*')")
     if cfg_changes:
         cfg = cfg.override(cfg_changes)
     out = []
     for recipe in recipes:
         names = {s.name for s in recipe.stages}
-        mine = {k: v for k, v in stage_changes.items() if k.split(".", 1)[0] in names | {"*"}}
-        _, recipe = with_overrides(cfg, recipe, {**cfg_changes, **mine})
+        mine = {f"stage.{k}": v for k, v in stage_changes.items() if k.split(".", 1)[0] in names | {"*"}}
+        _, recipe = with_overrides(cfg, recipe, {**{f"config.{k}": v for k, v in cfg_changes.items()}, **mine})
         out.append(recipe)
     return (cfg, *out)

@@ -15,6 +15,9 @@ from typing import Any
 
 from pathkit.io import PathkitError, read_json, write_json
 
+# Lazy imports: IPython (IPython, only inside a notebook). They load inside the functions that need them, not
+# when this module is imported.
+
 METRICS_FILE = "metrics.json"
 
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pathkit.io import PathkitError, atomic_path
+import numpy as np
+
+from pathkit.io import PathkitError, atomic_path, read_json
+from pathkit.sweep.runner import load_results
+
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
 
 FIXED_COLUMNS = ("run_id", "status", "seconds", "error")
 
@@ -46,7 +52,6 @@ def plot_summary(table, x: str, y: str, hue: str | None, path: Path, title: str 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 4))
     numeric = np.issubdtype(table[x].dtype, np.number)
@@ -77,9 +82,6 @@ def sweep_report(sweep_dir: str | Path, x: str, y: str, hue: str | None = None,
                  figures_dir: str | Path = "figures", name: str | None = None) -> dict[str, Any]:
     """Write ``figures/<name>.csv`` (mean ± std table) and ``figures/<name>.png``; return the table and paths."""
     import matplotlib.pyplot as plt
-
-    from pathkit.io import read_json
-    from pathkit.sweep.runner import load_results
 
     sweep_dir, figures_dir = Path(sweep_dir), Path(figures_dir)
     meta = read_json(sweep_dir / "sweep.json") if (sweep_dir / "sweep.json").is_file() else {}

@@ -24,10 +24,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from pathkit.io import FailureLog, PathkitError, atomic_path, write_json
+from pathkit.ray_runtime import start_ray
+from pathkit.sweep.engines import run_local, run_ray
 from pathkit.sweep.execute import LOG_FILE, finished_status
 from pathkit.sweep.record import read_metrics
-from pathkit.sweep.spec import RunPlan, SweepSpec
+from pathkit.sweep.spec import RunPlan, SweepSpec, run_id
+
+# Lazy imports: pandas (pandas, ~0.6 s); papermill (papermill, Jupyter's stack); ray (Ray, an optional extra
+# that starts a runtime). They load inside the functions that need them, not when this module is imported.
 
 RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
@@ -51,8 +58,6 @@ DATA_KEYS = ("preset", "seed")
 
 def data_key(params: dict[str, Any]) -> str:
     """The shared-data folder of a run: what its prepared data depends on (preset, seed, synthetic.*)."""
-    from pathkit.sweep.spec import run_id
-
     keyed = {k: v for k, v in params.items() if k in DATA_KEYS or k.startswith("synthetic.")}
     return run_id(keyed) if keyed else "default"
 
@@ -107,7 +112,6 @@ def run_sweep(spec: SweepSpec, out: str | Path, progress: bool = True) -> dict[s
     is listed in ``failures.jsonl`` and the others go on.
     """
     import papermill as pm
-    from tqdm.auto import tqdm
 
     out = Path(out).resolve()
     runs_dir = out / "runs"
@@ -158,8 +162,6 @@ def run_sweep(spec: SweepSpec, out: str | Path, progress: bool = True) -> dict[s
     started_ray = False
     try:
         if spec.engine == "ray" and jobs:
-            from pathkit.sweep.engines import start_ray
-
             started_ray = start_ray(spec.ray_address)
         remaining = list(jobs)
         while remaining:
@@ -188,10 +190,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, progress: bool = True) -> dict[s
 
 def _execute(spec: SweepSpec, jobs: list[dict[str, Any]]):
     if spec.engine == "ray":
-        from pathkit.sweep.engines import run_ray
-
         return run_ray(jobs, spec.num_cpus, spec.num_gpus)
-    from pathkit.sweep.engines import run_local
 
     return run_local(jobs, spec.workers)
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pathkit.io import PathkitError
 
 ENGINES = ("local", "ray")
@@ -147,8 +149,6 @@ class SweepSpec:
     @classmethod
     def from_yaml(cls, path: str | Path, **cli: Any) -> SweepSpec:
         """Read a sweep YAML; command-line values that are given (not None/empty) win over the file's."""
-        import yaml
-
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}

@@ -9,11 +9,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pathkit.synthetic.tissue import CLASSES
+from pathkit.video.decode import iter_frames
+from pathkit.wsi.slide import open_slide
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from pathkit.synthetic.tiles import TileDataset
+
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
 
 # One colour per class for label maps (index 0 = glass/background).
 CLASS_COLOURS: dict[str, str] = {"tumor": "#d62728", "stroma": "#ff9ecf", "lymphocytes": "#1f3fbf",
@@ -63,9 +68,6 @@ def slide_and_video_figure(slide_truth: Any, video_truth: Any, n_frames: int = 3
     sentence as the caption."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-
-    from pathkit.video.decode import iter_frames
-    from pathkit.wsi.slide import open_slide
 
     fig = plt.figure(figsize=(4.2 * n_frames, 8.6))
     grid = fig.add_gridspec(2, 3 * n_frames)

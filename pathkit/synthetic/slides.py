@@ -34,8 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from pathkit.io import PathkitError, atomic_path, read_json, write_json, write_jsonl
+from pathkit.io import PathkitError, atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.synthetic.text import report_for_slide
+from pathkit.synthetic.tissue import CLASSES, render_tissue, sample_attributes, sample_stain
+from pathkit.wsi.slide import Slide
+from pathkit.wsi.tissue import tissue_mask
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s); imagecodecs (imagecodecs' native codecs); tifffile (tifffile, ~0.1 s).
+# They load inside the functions that need them, not when this module is imported.
 
 DIAGNOSES: dict[str, tuple[str, ...]] = {
     "adenocarcinoma": ("tumor", "gland"),
@@ -72,8 +80,6 @@ class SlideTruth:
 
     def label_map(self) -> np.ndarray:
         """The ground-truth label map (H / labels_downsample, W / labels_downsample) uint8."""
-        from PIL import Image
-
         return np.asarray(Image.open(self.labels))
 
     @classmethod
@@ -103,8 +109,6 @@ def labels_path_for(slide: str | Path) -> Path:
 
 
 def _blob(rng: np.random.Generator, label: str, cx: float, cy: float, r: float) -> dict[str, Any]:
-    from pathkit.synthetic.tissue import sample_attributes, sample_stain
-
     aspect = rng.uniform(0.65, 1.0)
     return {
         "label": label, "cx": float(cx), "cy": float(cy), "rx": float(r), "ry": float(r * aspect),
@@ -155,8 +159,6 @@ def _layout(rng: np.random.Generator, width: int, height: int, diagnosis: str) -
 def label_field(regions: list[dict[str, Any]], x0: float, y0: float, w: int, h: int, step: float = 1.0
                 ) -> np.ndarray:
     """Labels (h, w) uint8 at the pixel centres of a grid: x = x0 + (i + 0.5) * step (level-0 coordinates)."""
-    from pathkit.synthetic.tissue import CLASSES
-
     out = np.zeros((h, w), np.uint8)
     x1, y1 = x0 + w * step, y0 + h * step
     xs = (x0 + (np.arange(w, dtype=np.float32) + 0.5) * step)[None, :]
@@ -185,8 +187,6 @@ class _Painter:
     """Paints level-0 tiles from the regions: ``render_tissue`` per tile, or crops of a texture bank (fast)."""
 
     def __init__(self, regions, mpp: float, seed: int, fast: bool, tile: int):
-        from pathkit.synthetic.tissue import render_tissue
-
         self.regions, self.seed, self.fast, self.tile = regions, seed, fast, tile
         self.scale = 1.0 / mpp  # nuclei ~8-10 microns across at any mpp
         self.render = render_tissue
@@ -201,8 +201,6 @@ class _Painter:
 
     def paint(self, x0: int, y0: int, h: int, w: int) -> np.ndarray:
         """The level-0 pixels of the box (x0, y0, w, h): (h, w, 3) uint8."""
-        from pathkit.synthetic.tissue import CLASSES
-
         if self.fast:  # labels on a 4 px lattice, repeated: 16x fewer trig evaluations, 4 px staircase rims
             coarse = label_field(self.regions, x0, y0, -(-w // 4), -(-h // 4), 4)
             labels = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[:h, :w]
@@ -312,8 +310,6 @@ def write_slide(path: str | Path, width: int, height: int, mpp: float = 0.5, see
     """
     import tifffile
 
-    from pathkit.synthetic.tissue import CLASSES
-
     path = Path(path)
     if fmt not in ("tiff", "svs"):
         raise PathkitError(f"{path}: fmt={fmt!r}: must be tiff or svs")
@@ -419,9 +415,6 @@ def write_slide(path: str | Path, width: int, height: int, mpp: float = 0.5, see
         tmpdir.cleanup()
 
     # Ground truth sidecars.
-    from PIL import Image
-
-    from pathkit.synthetic.text import report_for_slide
 
     labels_png = labels_path_for(path)
     with atomic_path(labels_png) as tmp:
@@ -448,8 +441,6 @@ def ensure_slide_set(root: str | Path, cfg, seed: int = 0) -> list[SlideTruth]:
     ``DIAGNOSES`` (shuffled by seed), alternating generic-tiff and Aperio ``.svs``. ``root/slides.jsonl`` lists
     them and is written last, so a set with that manifest (and matching settings) is complete.
     """
-    from pathkit.io import read_jsonl
-
     root = Path(root)
     manifest = root / "slides.jsonl"
     settings = {"count": cfg.slide_count, "size": cfg.slide_size, "mpp": cfg.slide_mpp, "seed": seed}
@@ -489,9 +480,6 @@ def tile_labels(truth: SlideTruth, coords: np.ndarray, footprint: int) -> np.nda
 
 def tissue_mask_iou(truth: SlideTruth, thumbnail_size: int = 1024) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """IoU of pathkit's tissue mask against the ground truth: (iou, mask, truth mask, thumbnail)."""
-    from pathkit.wsi.slide import Slide
-    from pathkit.wsi.tissue import tissue_mask
-
     with Slide(truth.slide, slide_mpp=truth.mpp) as slide:
         thumb, scale = slide.thumbnail(thumbnail_size)
     mask = tissue_mask(thumb, scale).mask

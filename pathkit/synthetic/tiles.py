@@ -18,17 +18,32 @@ Every tile is a pure function of ``(seed, class, index)``: rebuilding gives iden
 
 from __future__ import annotations
 
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from pathkit.config import SyntheticConfig
-from pathkit.io import PathkitError, read_json, read_jsonl, write_json, write_jsonl
+from pathkit.io import (
+    PathkitError,
+    folder_lock,
+    read_json,
+    read_jsonl,
+    replace_folder,
+    write_json,
+    write_jsonl,
+)
 from pathkit.synthetic.text import caption_for, questions_for
 from pathkit.synthetic.tissue import CLASSES, render_tissue, sample_attributes
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 CAPTION_PROMPTS = (
     "Describe this histopathology image.",
@@ -70,8 +85,6 @@ class TileDataset:
 
     def load_image(self, row: dict[str, Any]) -> np.ndarray:
         """The tile of a metadata/question row as uint8 RGB (H, W, 3)."""
-        from PIL import Image
-
         path = self.image_path(row)
         try:
             with Image.open(path) as im:
@@ -181,10 +194,6 @@ def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0, p
     ``CLASSES`` at ``cfg.tile_size`` px. ``workers``: processes that paint tiles (default: 1 below 2,000 tiles,
     else every CPU); the files are identical whatever the number.
     """
-    import os
-
-    from pathkit.io import folder_lock, replace_folder
-
     ds = TileDataset.at(root)
     params = _build_params(cfg, seed)
     if _is_complete(ds, params):
@@ -201,11 +210,6 @@ def ensure_tile_dataset(root: str | Path, cfg: SyntheticConfig, seed: int = 0, p
 
 def _build_tiles(ds: TileDataset, cfg: SyntheticConfig, params: dict[str, Any], seed: int, progress: bool,
                  workers: int | None) -> None:
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm.auto import tqdm
-
     ds.paths["images"].mkdir(parents=True, exist_ok=True)
     n_train, n_heldout = split_sizes(cfg.tiles_per_class, cfg.heldout_fraction)
     with_mitoses = {split: half_with_mitoses(n, np.random.default_rng([seed, 99, k]))

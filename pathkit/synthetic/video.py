@@ -16,13 +16,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pathkit.io import PathkitError, atomic_path, atomic_write_text, read_json, write_json
+from pathkit.synthetic.tissue import render_tissue
 from pathkit.video.cursor_shapes import SHAPES, cursor_scale_for, draw_cursor
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s); skimage (scikit-image's submodules load SciPy); av (PyAV, FFmpeg's
+# libraries). They load inside the functions that need them, not when this module is imported.
 
 GENERATOR_VERSION = 1
 
@@ -116,47 +121,7 @@ class VideoTruth:
 # --------------------------------------------------------------------------------------------- backgrounds
 
 
-def _placeholder_texture(label: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A quick H&E-like texture (pink base, blue nuclei) used when pathkit.synthetic.tissue is absent."""
-    import cv2
-
-    params = {  # base RGB, nuclei per 10k px, radius range, nucleus RGB
-        "tumor": ((225, 160, 195), 45, (3, 6), (70, 40, 130)),
-        "stroma": ((235, 150, 180), 10, (1, 3), (90, 60, 150)),
-        "lymphocytes": ((220, 170, 210), 90, (2, 3), (50, 30, 110)),
-        "necrosis": ((240, 130, 170), 20, (1, 2), (110, 70, 150)),
-        "gland": ((230, 175, 205), 25, (2, 4), (80, 50, 140)),
-        "adipose": ((248, 240, 245), 3, (1, 2), (120, 90, 160)),
-    }[label]
-    base, density, (r0, r1), nuc = params
-    noise = cv2.resize(rng.normal(0, 14, (height // 8 + 1, width // 8 + 1, 3)).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_CUBIC)
-    img = np.clip(np.array(base, np.float32) + noise, 0, 255).astype(np.uint8)
-    if label == "adipose":  # large empty cells: thin pink membranes
-        for _ in range(int(height * width / 900)):
-            c = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-            cv2.circle(img, c, int(rng.integers(10, 18)), (225, 160, 195), 1)
-    if label == "gland":
-        for _ in range(max(1, int(height * width / 6000))):
-            c = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-            cv2.circle(img, c, int(rng.integers(12, 22)), (250, 245, 248), -1)
-            cv2.circle(img, c, int(rng.integers(22, 26)), nuc, 3)
-    n = int(height * width * density / 10000)
-    xs, ys = rng.integers(0, width, n), rng.integers(0, height, n)
-    rs = rng.integers(r0, r1 + 1, n)
-    for x, y, r in zip(xs.tolist(), ys.tolist(), rs.tolist()):
-        if label == "stroma":
-            cv2.ellipse(img, (x, y), (r * 3, r), float(rng.uniform(0, 180)), 0, 360, nuc, -1)
-        else:
-            cv2.circle(img, (x, y), r, nuc, -1)
-    return img
-
-
 def _render_class(label: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    try:  # engineer A's procedural tissue when present
-        from pathkit.synthetic.tissue import render_tissue
-    except ImportError:
-        return _placeholder_texture(label, height, width, rng)
     return np.asarray(render_tissue(label, height, width, rng), dtype=np.uint8)[..., :3]
 
 
@@ -437,8 +402,6 @@ def write_narrated_video(path: str | Path, seconds: float = 12.0, fps: float = 1
     noise_rng = np.random.default_rng([seed, 11])
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format="mp4") as container:
-            from fractions import Fraction
-
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = fw, fh, "yuv420p"
             stream.options = {"crf": str(crf), "preset": "veryfast"}

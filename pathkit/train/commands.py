@@ -27,6 +27,21 @@ def parse_train_data(values: list[str] | None, stage_names: list[str]) -> str | 
     return {name: per_stage.get(name, every) for name in stage_names}
 
 
+def check_extra_closed_not_set(changes: dict, recipe, files: dict[str, str]) -> None:
+    """``--set STAGE.data.extra_closed=N`` for a stage trained on a given file is an error: the extra closed
+    questions are written only into the tutorial's synthetic tile files, so the setting would change nothing."""
+    from pathkit.io import PathkitError
+    from pathkit.train.recipes import split_overrides
+
+    _, stage_changes = split_overrides(changes, [recipe])
+    for key, value in stage_changes.items():
+        name, _, field_path = key.partition(".")
+        hit = [s for s in (files if name == "*" else [name]) if s in files]
+        if field_path == "data.extra_closed" and value not in (0, "0") and hit:
+            raise PathkitError(f"--set {key}={value}: extra closed questions are made only for the tutorial's "
+                               f"synthetic tiles; stage {hit[0]} trains on {files[hit[0]]} as it is")
+
+
 def train_command(
     recipe: str = typer.Argument(..., help="quilt_llava, pa_llava, wsi_llava, huatuo_vision, or a recipe YAML file"),
     preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), gpu (one GPU) or paper"),
@@ -42,7 +57,9 @@ def train_command(
     stages: bool = typer.Option(False, "--stages", help="list each stage's name, kind and data view, and exit"),
     set_: list[str] = typer.Option(None, "--set", help="override: a Config field (train.strategy=ddp, "
                                    "llm.lora_r=8) or a stage field (<stage>.lr=1e-4, <stage>.grad_accum=4, "
-                                   "*.epochs=1); a key that nothing reads is an error"),
+                                   "*.epochs=1); where a stage and a Config section share a name (pa_llava's "
+                                   "clip), the field decides, or write stage.clip.lr / config.clip.embed_dim; "
+                                   "a key that nothing reads is an error"),
     data_seed: int = typer.Option(None, "--data-seed", help="which synthetic data set (synthetic.seed); the "
                                   "training seed is --set seed=N"),
     out: Path = typer.Option(None, "--out", help="output folder: stages, checkpoints, logs, summary.json"),
@@ -63,9 +80,8 @@ def train_command(
     from pathkit.config import Config, parse_set
     from pathkit.eval.recipe_run import train_and_evaluate
     from pathkit.io import PathkitError
-    from pathkit.train.recipes import get_recipe
+    from pathkit.train.recipes import get_recipe, with_overrides
     from pathkit.train.records import BadRecordsError
-    from pathkit.train.runner import with_overrides
 
     changes = parse_set(set_)
     if data_seed is not None:
@@ -78,6 +94,8 @@ def train_command(
     if out is None:
         raise PathkitError("pathkit train: --out DIR is required (or --stages to list the stages)")
     files = parse_train_data(train_data, [s.name for s in rec.stages])
+    if files:
+        check_extra_closed_not_set(changes, rec, files)
     # the tutorial's data comes with its held-out questions; a user's files are evaluated when questions are given
     tutorial = files is None or any(s.name not in files and not s.data.path for s in rec.stages)
     evaluate = eval_questions is not None or tutorial

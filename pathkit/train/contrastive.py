@@ -25,6 +25,8 @@ RNG and loss history in checkpoints), :class:`LastCheckpoint` and :func:`evaluat
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,13 +35,17 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from pathkit.io import PathkitError, write_json, write_jsonl
+from pathkit.io import PathkitError, read_json, read_jsonl, write_json, write_jsonl
 from pathkit.models.clip import PathologyCLIP, build_clip, retrieval_metrics
 from pathkit.train.checkpointing import LastCheckpoint
 from pathkit.train.data import ConsumedBatches, LengthGroupedBatchSampler, ResumableDataLoader, coords_or_grid
 from pathkit.train.schedule import cosine_with_warmup, optimizer_steps, warmup_steps_for
+from pathkit.train.vlm_module import _get_rng_state, _set_rng_state
+from pathkit.wsi.features import read_features
 
 # ------------------------------------------------------------------------------------------------------- data
 
@@ -73,8 +79,6 @@ class TileCaptionDataset(Dataset):
     @classmethod
     def from_folder(cls, root: str | Path, preprocess, split: str | None = "train") -> TileCaptionDataset:
         """The pairs of a tile folder's ``metadata.jsonl`` (one split, or all)."""
-        from pathkit.io import read_jsonl
-
         rows = [r for r in read_jsonl(Path(root) / "metadata.jsonl") if split is None or r.get("split") == split]
         return cls(rows, root, preprocess)
 
@@ -85,8 +89,6 @@ class TileCaptionDataset(Dataset):
         row = self.rows[index]
         pixels = self._cache.get(index)
         if pixels is None:
-            from PIL import Image
-
             path = self.root / row["image"]
             try:
                 with Image.open(path) as im:
@@ -108,7 +110,7 @@ class SlideReportDataset(Dataset):
     """Slide-report pairs: items ``{"features" (N, D), "coords" (N, 2), "text", "label"}``.
 
     ``records``: dicts with ``features`` (an HDF5 feature file, DESIGN.md contract), ``report`` and
-    ``diagnosis`` (as :func:`pathkit.wsi.pipeline.ensure_wsi_features` or :func:`slide_report_records` return them).
+    ``diagnosis`` (as :func:`pathkit.workdir.ensure_wsi_features` or :func:`slide_report_records` return them).
     """
 
     def __init__(self, records: list[dict[str, Any]]):
@@ -125,8 +127,6 @@ class SlideReportDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         if index not in self._cache:
-            from pathkit.wsi.features import read_features
-
             coords, feats, attrs = read_features(rec["features"])
             if feats is None:
                 raise PathkitError(f"{rec['features']}: no 'features' dataset (a coords-only file)")
@@ -141,8 +141,6 @@ def slide_report_records(feature_dir: str | Path, slide_dir: str | Path) -> list
     """Pair every ``feature_dir/<stem>.h5`` with ``slide_dir/<stem>.truth.json`` (its ``report`` and
     ``diagnosis``) -> records for :class:`SlideReportDataset`. A missing or incomplete truth file is a one-line
     PathkitError naming it."""
-    from pathkit.io import read_json
-
     feature_dir, slide_dir = Path(feature_dir), Path(slide_dir)
     records = []
     for h5 in sorted(feature_dir.glob("*.h5")):
@@ -259,7 +257,6 @@ class ContrastiveModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random stream
-            from pathkit.train.vlm_module import _set_rng_state
 
             _set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -291,8 +288,6 @@ class ContrastiveModule(L.LightningModule):
         self._acc_n, self._t_last = 0, now
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from pathkit.train.vlm_module import _get_rng_state
-
         checkpoint["pathkit_rng"] = _get_rng_state()
         checkpoint["pathkit_history"] = list(self.history)
         checkpoint["pathkit_run_key"] = self.run_key
@@ -394,9 +389,6 @@ def pairs_data(source: str, pairs: list[dict[str, Any]], preprocess=None,
 
 def _run_key(cfg, **settings: Any) -> str:
     """Fingerprint of what a contrastive run trains (config + arguments): a checkpoint resumes only the same run."""
-    import hashlib
-    import json
-
     text = cfg.to_yaml() + json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -406,8 +398,6 @@ def clip_trainer(cfg, out_dir: str | Path, *, epochs: int, max_steps: int = -1, 
                  progress: bool = False) -> L.Trainer:
     """The Lightning Trainer of :func:`train_clip`: one device, ``grad_accum`` batches per optimiser step,
     gradient norm clipped at ``grad_clip`` (0 = off), ``last.ckpt`` under ``out_dir/checkpoints``."""
-    from lightning.pytorch.loggers import CSVLogger
-
     t = cfg.train
     ckpt = Path(out_dir) / "checkpoints" / "last.ckpt"
     return L.Trainer(max_epochs=epochs, max_steps=max_steps, accelerator=t.accelerator, devices=1,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pathkit.io import read_jsonl, write_json
+from pathkit.train.contrastive import train_clip
 from pathkit.train.recipes import Recipe, Stage
 
 
@@ -33,8 +34,6 @@ def run_contrastive_stage(recipe: Recipe, stage: Stage, cfg, records: list[dict[
     from ``stage_dir/checkpoints/last.ckpt`` when ``resume``; returns the stage summary, or None when
     ``stop_after_steps`` stopped it early (the runner's contract for an interrupted stage). Retrieval and
     zero-shot scores (``label`` of the records) are measured on ``heldout`` (default: the training pairs)."""
-    from pathkit.train.contrastive import train_clip
-
     source = "slides" if recipe.vision == "slide" else "tiles"
     if source == "slides":
         vision = "longnet" if stage.trainable.get("slide_encoder") else "mean"

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pathkit.curate.llava_format import is_feature_file
 from pathkit.io import PathkitError
 from pathkit.models.connectors import tile_image
+from pathkit.models.conversation import image_token_id, tokenize_conversation
 from pathkit.models.encoders import load_encoder
 from pathkit.wsi.features import read_features
 
@@ -66,8 +67,6 @@ class ImageLoader:
         self.preprocess = preprocess
 
     def __call__(self, path: str) -> torch.Tensor:
-        from PIL import Image
-
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
@@ -132,13 +131,15 @@ class ConversationDataset(Dataset):
 
     def __init__(self, records: list[dict[str, Any]], tokenizer, template: str, max_length: int,
                  load_image: Callable[[str], torch.Tensor] | None = None,
-                 load_features: Callable[[str], dict[str, torch.Tensor]] | None = None):
+                 load_features: Callable[[str], dict[str, torch.Tensor]] | None = None,
+                 visual_token_count: Callable[[int | None], int] | None = None):
         self.records = records
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
         self.load_image = load_image
         self.load_features = load_features or FeatureLoader()
+        self.visual_token_count = visual_token_count
         self._cache: dict[str, Any] = {}
 
     def __len__(self) -> int:
@@ -149,15 +150,34 @@ class ConversationDataset(Dataset):
         """True for a record with an image or slide (what LLaVA's modality grouping keeps apart)."""
         return [r.get("image") not in (None, [], "") for r in self.records]
 
-    def count_truncated(self) -> int:
-        """Records whose tokenized conversation is longer than ``max_length`` (training cuts them there)."""
-        from pathkit.models.conversation import tokenize_conversation
+    def _features(self, path: str) -> dict[str, torch.Tensor]:
+        if path not in self._cache:  # feature bags are small at tiny scale; load once per worker
+            self._cache[path] = self.load_features(path)
+        return self._cache[path]
 
-        n = 0
-        for rec in self.records:
+    def _tokens(self, index: int) -> tuple[dict[str, list[int]], int]:
+        """The record's whole tokenized conversation, and how many positions its visual tokens add beyond the
+        ``<image>`` id they replace (0 without ``visual_token_count``)."""
+        rec = self.records[index]
+        try:
             tokens = tokenize_conversation(rec["conversations"], self.tokenizer, self.template, None)
-            n += len(tokens["input_ids"]) > self.max_length
-        return n
+        except PathkitError as err:
+            raise PathkitError(f"record {rec.get('id', index)}: {err}") from err
+        visual = _first_visual(rec)
+        if visual is None or self.visual_token_count is None:
+            return tokens, 0
+        tiles = len(self._features(visual)["features"]) if is_feature_file(visual) else None
+        return tokens, self.visual_token_count(tiles) - 1
+
+    def sequence_length(self, index: int) -> int:
+        """The record's length in the LLM once its visual tokens are spliced in (what ``max_length`` limits)."""
+        tokens, extra = self._tokens(index)
+        return len(tokens["input_ids"]) + extra
+
+    def count_truncated(self) -> int:
+        """Records longer than ``max_length`` with their visual tokens counted (LLaVA truncates the sequence after
+        the image tokens are spliced in); training cuts them there."""
+        return sum(self.sequence_length(i) > self.max_length for i in range(len(self.records)))
 
     @property
     def lengths(self) -> list[int]:
@@ -165,29 +185,34 @@ class ConversationDataset(Dataset):
         return [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from pathkit.models.conversation import tokenize_conversation
-
         rec = self.records[index]
-        try:
-            tokens = tokenize_conversation(rec["conversations"], self.tokenizer, self.template, self.max_length)
-        except PathkitError as err:
-            raise PathkitError(f"record {rec.get('id', index)}: {err}") from err
-        item: dict[str, Any] = {"input_ids": torch.tensor(tokens["input_ids"], dtype=torch.long),
-                                "labels": torch.tensor(tokens["labels"], dtype=torch.long)}
-        visual = rec.get("image")
-        if isinstance(visual, list):  # several images per record: the first (PubMedVision rows)
-            visual = visual[0] if visual else None
+        tokens, extra = self._tokens(index)
+        # text + visual tokens fit max_length: the text is cut where the spliced sequence would be (never before
+        # the <image> id itself, so the image still matches its token)
+        ids = tokens["input_ids"]
+        image_id = image_token_id(self.tokenizer) if extra else None
+        image_at = max((i for i, t in enumerate(ids) if t == image_id), default=-1)
+        keep = max(self.max_length - extra, image_at + 1)
+        item: dict[str, Any] = {"input_ids": torch.tensor(ids[:keep], dtype=torch.long),
+                                "labels": torch.tensor(tokens["labels"][:keep], dtype=torch.long)}
+        visual = _first_visual(rec)
         if visual is not None:
             if is_feature_file(visual):
-                if visual not in self._cache:  # feature bags are small at tiny scale; load once per worker
-                    self._cache[visual] = self.load_features(visual)
-                feats = self._cache[visual]
+                feats = self._features(visual)
                 item["slide_features"], item["slide_coords"] = feats["features"], feats["coords"]
             else:
                 if self.load_image is None:
                     raise PathkitError(f"record {rec.get('id', index)}: has an image but no image loader")
                 item["image"] = self.load_image(visual)
         return item
+
+
+def _first_visual(rec: dict[str, Any]) -> str | None:
+    """The record's image or slide feature file; of several images the first (PubMedVision rows)."""
+    visual = rec.get("image")
+    if isinstance(visual, list):
+        visual = visual[0] if visual else None
+    return visual
 
 
 def pad_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

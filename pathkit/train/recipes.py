@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pathkit.config import Config, ConfigError, check_known_fields, dump_yaml
 
 KINDS = ("contrastive", "vlm")
@@ -282,8 +284,6 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> Recipe:
-        import yaml
-
         text = str(path_or_text)
         if "\n" not in text and Path(text).is_file():
             text = Path(text).read_text()
@@ -312,6 +312,59 @@ class Recipe:
                     raise ConfigError(f"Recipe[{self.name}] override {key!r}: unknown field {parts[-1]!r}")
                 node[parts[-1]] = value
         return Recipe.from_dict(data)
+
+
+def split_overrides(changes: dict[str, Any], recipes: tuple[Recipe, ...] | list[Recipe], where: str = "--set"
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(Config changes, stage changes)`` of ``--set`` keys; a key's first part names a Config section or a stage.
+
+    ``SECTION.field`` is a Config key, ``STAGE.field`` / ``*.field`` a stage key. Where a name is both (pa_llava's
+    stage ``clip`` and Config's ``clip``), the field decides (``clip.init_temperature`` is Config's,
+    ``clip.lr`` the stage's); ``config.clip.FIELD`` and ``stage.clip.FIELD`` say which explicitly, and a key that
+    fits both readings or neither is a ConfigError naming both.
+    """
+    known = _config_fields()
+    stages = {s.name: s for r in recipes for s in r.stages}
+    stage_fields = {f.name for f in fields(Stage)} | {"data"}
+    cfg_changes: dict[str, Any] = {}
+    stage_changes: dict[str, Any] = {}
+    for key, value in changes.items():
+        key = str(key)
+        head, _, rest = key.partition(".")
+        if head == "config":
+            cfg_changes[rest] = value
+            continue
+        if head == "stage":
+            if rest.partition(".")[0] not in stages.keys() | {"*"}:
+                raise ConfigError(f"{where} {key}: no stage {rest.partition('.')[0]!r}; stages: {sorted(stages)}")
+            stage_changes[rest] = value
+            continue
+        is_stage, is_section = head in stages or head == "*", head in known
+        if is_stage and is_section:
+            field_name = rest.split(".")[0]
+            in_cfg, in_stage = field_name in (known[head] or ()), field_name in stage_fields
+            if in_cfg == in_stage:
+                raise ConfigError(
+                    f"{where} {key}: {head!r} is both a Config section and a stage, and {field_name!r} is "
+                    f"{'a field of both' if in_cfg else 'a field of neither'} (Config.{head}: "
+                    f"{', '.join(sorted(known[head] or ()))}); write config.{key} or stage.{key}")
+            is_stage = in_stage
+        (stage_changes if is_stage else cfg_changes)[key] = value
+    return cfg_changes, stage_changes
+
+
+def with_overrides(cfg: Config, recipe: Recipe, changes: dict[str, Any]) -> tuple[Config, Recipe]:
+    """Apply ``--set`` changes (:func:`split_overrides`): stage keys to the recipe's stages, Config keys to the
+    Config. Config changes are also folded into the recipe's own overrides, so they win over the recipe's
+    settings (``--set llm.lora_r=8`` on pa_llava trains rank 8, not the recipe's 16) and are recorded in the
+    run's ``recipe.yaml``."""
+    cfg_changes, stage_changes = split_overrides(changes, [recipe])
+    if cfg_changes:
+        cfg = cfg.override(cfg_changes)
+        recipe = Recipe.from_dict({**recipe.to_dict(), "config": {**recipe.config, **cfg_changes}})
+    if stage_changes:
+        recipe = recipe.override(stage_changes)
+    return cfg, recipe
 
 
 _CONFIG_FIELDS: dict[str, set[str] | None] = {}

@@ -25,7 +25,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pathkit.curate.llava_format import BadRecord, bad_records_line, check_llava_file, image_paths
+from pathkit.curate.llava_format import (
+    BadRecord,
+    bad_records_line,
+    check_llava_file,
+    image_paths,
+    is_feature_file,
+)
 from pathkit.io import PathkitError, write_jsonl
 
 VIEWS = ("captions", "describe", "instruct", "pairs")
@@ -144,6 +150,38 @@ def read_stage_files(files: dict[str, Path], image_folder: str | Path | None, sk
     else:
         bad_path.unlink(missing_ok=True)
     return out
+
+
+SOURCE_WORDS = {"tiles": "images", "slides": "slide feature files"}
+
+
+def records_source(path: str | Path, records: list[dict[str, Any]]) -> str | None:
+    """What a file's records show: ``tiles`` (images) or ``slides`` (slide feature files), read from their
+    ``image`` paths; None for a file of text-only records. A file that mixes both is a one-line error."""
+    first: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        image = rec.get("image")
+        if image is not None:
+            one = image[0] if isinstance(image, list) and image else image
+            first.setdefault("slides" if is_feature_file(str(one)) else "tiles", rec)
+    if len(first) > 1:
+        raise PathkitError(f"{path}: mixes images (first: id={first['tiles'].get('id')}) and slide feature files "
+                           f"(first: id={first['slides'].get('id')}); a recipe trains on one kind")
+    return next(iter(first), None)
+
+
+def check_stage_sources(recipe: Any, files: dict[str, Path], records_by_file: dict[Path, list[dict[str, Any]]]
+                        ) -> None:
+    """Every stage's file shows what the stage trains on (``DataSpec.source``: the recipe's image or slide
+    towers), before any stage trains: slide features given to PA-LLaVA's CLIP stage would otherwise train the
+    wrong tower, or fail an hour in."""
+    for stage in recipe.stages:
+        path = files[stage.name]
+        found = records_source(path, records_by_file[path])
+        if found is not None and found != stage.data.source:
+            raise PathkitError(f"stage {stage.name}: {path} holds {SOURCE_WORDS[found]}, but recipe "
+                               f"{recipe.name} trains this stage on {SOURCE_WORDS[stage.data.source]} "
+                               f"(DataSpec.source={stage.data.source})")
 
 
 def is_heldout(record: dict[str, Any]) -> bool:

@@ -48,7 +48,13 @@ from pathkit.train.data import (
     split_validation,
 )
 from pathkit.train.recipes import Recipe, Stage
-from pathkit.train.records import heldout_records, read_stage_files, stage_files, stage_records
+from pathkit.train.records import (
+    check_stage_sources,
+    heldout_records,
+    read_stage_files,
+    stage_files,
+    stage_records,
+)
 from pathkit.train.schedule import optimizer_steps
 from pathkit.train.strategies import full_state_dict, is_fsdp, make_strategy
 from pathkit.train.vlm_module import VLMModule, count_trainable
@@ -58,22 +64,6 @@ def stage_config(cfg: Config, recipe: Recipe, stage: Stage) -> Config:
     """The Config a stage runs with: the preset, then the recipe's overrides, then the stage's."""
     changes = {**recipe.config, **stage.config}
     return cfg.override(changes) if changes else cfg
-
-
-def with_overrides(cfg: Config, recipe: Recipe, changes: dict[str, Any]) -> tuple[Config, Recipe]:
-    """Apply ``--set`` changes: ``<stage>.<field>`` / ``*.<field>`` to the recipe's stages, anything else to the
-    Config. Config changes are also folded into the recipe's own overrides, so they win over the recipe's
-    settings (``--set llm.lora_r=8`` on pa_llava trains rank 8, not the recipe's 16) and are recorded in the
-    run's ``recipe.yaml``."""
-    stage_names = {s.name for s in recipe.stages} | {"*"}
-    stage_changes = {k: v for k, v in changes.items() if k.split(".", 1)[0] in stage_names}
-    cfg_changes = {k: v for k, v in changes.items() if k not in stage_changes}
-    if cfg_changes:
-        cfg = cfg.override(cfg_changes)
-        recipe = Recipe.from_dict({**recipe.to_dict(), "config": {**recipe.config, **cfg_changes}})
-    if stage_changes:
-        recipe = recipe.override(stage_changes)
-    return cfg, recipe
 
 
 def precision_for(cfg: Config) -> str:
@@ -161,13 +151,14 @@ def run_vlm_stage(model, recipe: Recipe, stage: Stage, cfg: Config, records: lis
     template = stage.data.template or cfg.llm.chat_template
     max_length = stage.max_length or cfg.llm.max_length
     load_image = image_loader_for(model, cfg)
-    dataset = ConversationDataset(records, model.tokenizer, template, max_length, load_image=load_image)
-    val_dataset = (ConversationDataset(val_records, model.tokenizer, template, max_length, load_image=load_image)
-                   if val_records else None)
+    dataset, val_dataset = (ConversationDataset(rows, model.tokenizer, template, max_length, load_image=load_image,
+                                                visual_token_count=model.visual_token_count) if rows else None
+                            for rows in (records, val_records))
     truncated = dataset.count_truncated()
     if truncated:
         warnings.warn(f"stage {stage.name}: {truncated} of {len(records)} records are longer than "
-                      f"model_max_length={max_length} tokens and are truncated", stacklevel=2)
+                      f"model_max_length={max_length} tokens, their visual tokens counted, and are truncated",
+                      stacklevel=2)
     datamodule = VLMDataModule(dataset, stage.batch_size, pad_token_id=model.tokenizer.pad_token_id,
                                seed=cfg.seed, num_workers=cfg.train.num_workers, val_dataset=val_dataset)
     best = BestWeights() if val_dataset is not None else None
@@ -274,6 +265,7 @@ def run_recipe(recipe: Recipe, cfg: Config, out_dir: str | Path,
     out_dir = Path(out_dir)
     files = stage_files(recipe, train_data)
     records_by_file = read_stage_files(files, image_folder, skip_bad_records, out_dir)
+    check_stage_sources(recipe, files, records_by_file)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_run_dir(out_dir, recipe, cfg, resume)
     summary: dict[str, Any] = {"recipe": recipe.name, "preset": cfg.preset, "stages": {},

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Lazy imports: torch, lightning (the model stack, seconds to import). They load inside the functions that
+# need them, not when this module is imported.
+
 
 def _fsdp_strategy_class():
     import torch

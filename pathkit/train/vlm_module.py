@@ -17,7 +17,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.distributed.fsdp import FullyShardedDataParallel
 
+from pathkit.io import JsonlAppender
 from pathkit.train.recipes import Stage
 from pathkit.train.schedule import cosine_with_warmup, warmup_steps_for
 
@@ -153,8 +155,6 @@ class VLMModule(L.LightningModule):
         self.log_dict({"train/samples_per_s": samples_s, "train/tokens_per_s": tokens_s, "train/lr": max(lrs)},
                       on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
         if self.loss_log is not None and self.global_rank == 0:
-            from pathkit.io import JsonlAppender
-
             with JsonlAppender(self.loss_log, fsync=False) as journal:
                 journal.append(row)
         self._acc_samples = self._acc_tokens = 0
@@ -168,7 +168,6 @@ class VLMModule(L.LightningModule):
         if not gradient_clip_val:
             return
         wrapped = self.trainer.strategy.model
-        from torch.distributed.fsdp import FullyShardedDataParallel
 
         if isinstance(wrapped, FullyShardedDataParallel):
             self.clip_norms.append(float(wrapped.clip_grad_norm_(gradient_clip_val)))

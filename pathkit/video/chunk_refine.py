@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pathkit.video.chunks import Chunk, cursor_masked_difference, is_blank
+from pathkit.video.frame_difference import Chunk, cursor_masked_difference, is_blank
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 
 def persistent_motion_mask(small: list[np.ndarray], pixel_threshold: float = 12.0, persistent_fraction: float = 0.2,

@@ -21,17 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pathkit.config import VideoConfig
+from pathkit.video.chunk_refine import refine_chunks
+from pathkit.video.decode import iter_frames, probe
+from pathkit.video.frame_difference import Chunk, cursor_masked_difference, is_blank
 
-
-@dataclass
-class Chunk:
-    start: float  # seconds
-    end: float
-
-    def to_json(self) -> dict[str, float]:
-        return {"start": round(self.start, 3), "end": round(self.end, 3)}
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 
 @dataclass
@@ -44,47 +42,6 @@ class ChunkDetection:
     threshold: float
     step: float  # seconds between analysis frames
     extras: dict = field(default_factory=dict)
-
-
-def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold: float = 12.0,
-                             blob_fraction: float = 0.02, max_blob_extent: float = 0.2) -> float:
-    """Mean absolute grey difference of two frames over pixels that changed by more than ``pixel_threshold``,
-    after masking small, compact changed blobs (the pointer).
-
-    A blob is the pointer's when it covers less than ``blob_fraction`` of the frame and its bounding box's
-    longer side is at most ``max_blob_extent`` of the frame's width: a new line of text in a slide build is
-    as small but long, and counts. Changes a few pixels apart (the letters of a line) are one blob.
-    """
-    import cv2
-
-    diff = cv2.absdiff(prev, cur)
-    # sub-threshold change (compression flicker at a new keyframe) is not change
-    if diff.dtype == np.uint8:
-        diff = cv2.threshold(diff, pixel_threshold, 0, cv2.THRESH_TOZERO)[1]  # one OpenCV pass
-    else:
-        diff = diff * (diff > pixel_threshold)
-    n_changed = cv2.countNonZero(diff)
-    if n_changed > 0.5 * diff.size:  # a cut or pan: masking moot
-        return float(diff.sum(dtype=np.float64)) / diff.size
-    if n_changed == 0:
-        return 0.0
-    W = diff.shape[1]
-    changed = (diff > 0).view(np.uint8)
-    bx, by, bw, bh = cv2.boundingRect(changed)
-    # (+4: the extents below are of the blobs grown by the 5 x 5 joining)
-    if n_changed < blob_fraction * diff.size and max(bw, bh) + 4 <= max_blob_extent * W:
-        return 0.0  # one small compact change (the usual case: the pointer moved a little)
-    total = float(diff.sum(dtype=np.float64))
-    joined = cv2.dilate(changed, np.ones((5, 5), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
-    if n > 1:
-        area = np.bincount(labels.ravel(), weights=changed.ravel().astype(np.float64), minlength=n)[1:]
-        extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
-        small = (area < blob_fraction * diff.size) & (extent <= max_blob_extent * W)
-        if small.any():
-            per_label = np.bincount(labels.ravel(), weights=diff.ravel(), minlength=n)
-            total -= float(per_label[1:][small].sum())
-    return max(0.0, total) / diff.size
 
 
 class DifferenceSignal:
@@ -111,16 +68,6 @@ class DifferenceSignal:
         self.small.append(cv2.resize(cur, (max(8, w // 2), max(8, h // 2)), interpolation=cv2.INTER_AREA))
         self.blank.append(is_blank(cur, blank_std=self.blank_std))
         return value
-
-
-def is_blank(grey: np.ndarray, keep: np.ndarray | None = None, blank_std: float = 8.0) -> bool:
-    """Nearly every pixel (of those ``keep`` marks) at the frame's median grey: a black or uniform screen (a
-    pointer on it, or a webcam box left out by ``keep``, does not make it content)."""
-    px = grey if keep is None else grey[keep]
-    if px.size == 0:
-        return False
-    med = float(np.median(px))
-    return float(np.mean(np.abs(px.astype(np.float32) - med) <= blank_std)) >= 0.97
 
 
 def difference_signal(frames, pixel_threshold: float = 12.0, blob_fraction: float = 0.02) -> np.ndarray:
@@ -175,8 +122,6 @@ def stable_chunks(path: str | Path | None = None, cfg: VideoConfig | None = None
     box, splits slow crossfades and pans and drops blank spans.
     Returns a :class:`ChunkDetection` whose ``chunks`` are ``[start, end]`` seconds.
     """
-    from pathkit.video.decode import iter_frames, probe
-
     cfg = cfg or VideoConfig()
     if stream is not None:
         signal = np.array(stream.values, np.float64)
@@ -186,8 +131,6 @@ def stable_chunks(path: str | Path | None = None, cfg: VideoConfig | None = None
         times_list = []
         frames_iter = iter_frames(path, fps=cfg.analysis_fps, width=cfg.analysis_width, grey=True)
         if progress:
-            from tqdm import tqdm
-
             frames_iter = tqdm(frames_iter, total=int(info.duration * cfg.analysis_fps) + 1, unit="frame",
                                desc=f"chunks {Path(path).name}")
         for f in frames_iter:
@@ -201,8 +144,6 @@ def stable_chunks(path: str | Path | None = None, cfg: VideoConfig | None = None
     times = np.asarray(times, np.float64)
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / cfg.analysis_fps
     if refine and stream is not None and len(stream.small) == len(times) > 1:
-        from pathkit.video.chunk_refine import refine_chunks
-
         chunks, signal, thr, extras = refine_chunks(
             times, signal, stream.small, stream.blank, lambda s: adaptive_threshold(s, cfg.mad_k, min_delta), step,
             cfg.min_chunk_seconds, duration, pixel_threshold, blob_fraction)
@@ -254,8 +195,6 @@ def median_frame(frames: list[np.ndarray], cursor_xy: list[tuple[float, float] |
 def representative_frames(path: str | Path, chunks: list[Chunk], cursor_rows: list[dict] | None = None,
                           max_frames: int = 25, cursor_hw: tuple[int, int] = (20, 17)) -> list[np.ndarray]:
     """One RGB representative frame per chunk (one extra decoding pass over the video)."""
-    from pathkit.video.decode import iter_frames, probe
-
     fps = probe(path).fps
     wanted: dict[int, int] = {}  # frame index -> chunk
     for c, ch in enumerate(chunks):

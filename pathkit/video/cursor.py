@@ -26,8 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pathkit.video.cursor_shapes import SHAPES, CursorShape, cursor_scale_for, resized_shape
+from pathkit.video.decode import iter_frames, probe
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 
 @dataclass(frozen=True)
@@ -234,15 +239,11 @@ class CursorTracker:
 def track_cursor(path: str | Path, fps: float | None = None, kinds: tuple[str, ...] = ("arrow", "hand"),
                  progress: bool = False) -> list[dict]:
     """Pointer rows ``{"t", "x", "y", "score", "shape"}`` for the frames of a video (all, or ~``fps``/s)."""
-    from pathkit.video.decode import iter_frames, probe
-
     info = probe(path)
     tracker = CursorTracker(build_templates(info.height, kinds))
     rows = []
     frames = iter_frames(path, fps=fps, grey=True)
     if progress:
-        from tqdm import tqdm
-
         frames = tqdm(frames, total=info.n_frames if not fps else int(info.duration * fps) + 1,
                       desc=f"cursor {Path(path).name}", unit="frame")
     for f in frames:

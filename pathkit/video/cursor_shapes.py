@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 # B = black outline, W = white fill, . = transparent. Hotspot = the arrow tip / the fingertip.
 _ARROW = """
 B...........

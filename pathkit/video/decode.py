@@ -14,6 +14,9 @@ import numpy as np
 
 from pathkit.io import PathkitError
 
+# Lazy imports: av (PyAV, FFmpeg's libraries); cv2 (OpenCV, ~0.3 s). They load inside the functions that need
+# them, not when this module is imported.
+
 
 @dataclass(frozen=True)
 class VideoInfo:

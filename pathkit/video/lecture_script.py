@@ -20,6 +20,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from pathkit.synthetic.video import ihc_background, synthetic_background
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 CANVAS = 1024
 
 
@@ -71,12 +76,8 @@ def source_canvas(source: str) -> np.ndarray:
     if source == "black":
         return np.zeros((CANVAS, CANVAS, 3), np.uint8)
     if source == "ihc":
-        from pathkit.synthetic.video import ihc_background
-
         return ihc_background(CANVAS, CANVAS)[0]
     if source.startswith("tissue"):
-        from pathkit.synthetic.video import synthetic_background
-
         seed = int(source[6:] or 0)
         return synthetic_background(CANVAS, CANVAS, np.random.default_rng(seed))[0]
     if source.startswith("slide:"):

@@ -8,11 +8,17 @@ ground truth is the script's content holds, in video seconds (the last hold runs
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from pathkit.io import atomic_path
+from pathkit.video.cursor_shapes import ARROW, cursor_scale_for, draw_cursor
 from pathkit.video.lecture_script import Lecture
+
+# Lazy imports: av (PyAV, FFmpeg's libraries). It loads inside the function that writes a video, not when this
+# module is imported.
 
 
 def pointer_path(n_frames: int, fps: float, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -35,12 +41,7 @@ def pointer_path(n_frames: int, fps: float, size: tuple[int, int], rng: np.rando
 def write_lecture_video(path: str | Path, lecture: Lecture, size: tuple[int, int] = (320, 180), fps: float = 25.0,
                         crf: int = 28, seed: int = 0) -> list[tuple[float, float]]:
     """Render ``lecture`` with a moving pointer to an x264 mp4 at ``path``; returns the true chunks (seconds)."""
-    from fractions import Fraction
-
     import av
-
-    from pathkit.io import atomic_path
-    from pathkit.video.cursor_shapes import ARROW, cursor_scale_for, draw_cursor
 
     path = Path(path)
     n = int(round(lecture.duration * fps))

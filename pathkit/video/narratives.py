@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from pathkit.config import VideoConfig
+from pathkit.config import Config, VideoConfig
 from pathkit.io import (
     FailureLog,
     JsonlAppender,
@@ -32,6 +33,16 @@ from pathkit.io import (
     read_jsonl,
     write_jsonl,
 )
+from pathkit.synthetic.video import ensure_video_set
+from pathkit.video.chunks import DifferenceSignal, representative_frames, stable_chunks
+from pathkit.video.cursor import CursorTracker, build_templates
+from pathkit.video.decode import iter_frames, probe
+from pathkit.video.grounding import densify_trace, dwell_heatmap, ground_utterances, quilt_string
+from pathkit.video.pointer_tracker import PointerTracker
+from pathkit.video.transcript import read_transcript, utterances_in
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 JOURNAL = ".journal.jsonl"
 
@@ -43,15 +54,9 @@ def analyse_video(video: str | Path, cfg: VideoConfig, progress: bool = False):
     """
     import cv2
 
-    from pathkit.video.chunks import DifferenceSignal, stable_chunks
-    from pathkit.video.cursor import CursorTracker, build_templates
-    from pathkit.video.decode import iter_frames, probe
-
     info = probe(video)
     net = cfg.cursor_detector == "net"
     if net:
-        from pathkit.video.pointer_tracker import PointerTracker
-
         tracker = PointerTracker()
     else:
         tracker = CursorTracker(build_templates(info.height))
@@ -61,8 +66,6 @@ def analyse_video(video: str | Path, cfg: VideoConfig, progress: bool = False):
     signal = DifferenceSignal()
     frames = iter_frames(video, fps=cfg.analysis_fps, grey=not net)
     if progress:
-        from tqdm import tqdm
-
         frames = tqdm(frames, total=int(info.duration * cfg.analysis_fps) + 1, desc=Path(video).name,
                       unit="frame", leave=False)
     for f in frames:
@@ -82,10 +85,6 @@ def narrate_video(video: str | Path, transcript: str | Path, out_dir: str | Path
                   seed: int = 0, progress: bool = False) -> list[dict]:
     """Localized-narrative rows for one video; writes its frames and heat maps under ``out_dir``."""
     import cv2
-
-    from pathkit.video.chunks import representative_frames
-    from pathkit.video.grounding import dwell_heatmap, ground_utterances, quilt_string
-    from pathkit.video.transcript import read_transcript, utterances_in
 
     cfg = cfg or VideoConfig()
     video, transcript, out_dir = Path(video), Path(transcript), Path(out_dir)
@@ -137,8 +136,6 @@ def narrate_video(video: str | Path, transcript: str | Path, out_dir: str | Path
 
 def _dwell_points(trace: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
     """The pointer's path between analysis samples (it moved through those pixels too) with dwell seconds."""
-    from pathkit.video.grounding import densify_trace
-
     return densify_trace(trace, max_gap=2.5 * step)
 
 
@@ -165,8 +162,6 @@ def build_narratives(items: list[tuple[str | Path, str | Path]], out_dir: str | 
     failures = FailureLog(out_dir / "failures.jsonl")
     todo = list(items)
     if progress:
-        from tqdm import tqdm
-
         todo = tqdm(todo, desc="narratives", unit="video")
     with JsonlAppender(journal) as log:
         for video, transcript in todo:
@@ -216,9 +211,6 @@ def ensure_narratives(workdir: str | Path, cfg=None, seed: int = 0) -> Narrative
 
     ``cfg`` is a full :class:`pathkit.config.Config` (uses ``cfg.synthetic`` and ``cfg.video``).
     """
-    from pathkit.config import Config
-    from pathkit.synthetic.video import ensure_video_set
-
     cfg = cfg or Config.from_name("tiny")
     workdir = Path(workdir)
     truths = ensure_video_set(workdir / "synthetic" / "videos", cfg.synthetic, seed)

@@ -19,6 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pathkit.io import PathkitError
+
+# Lazy imports: safetensors (the model stack, seconds to import); cv2 (OpenCV, ~0.3 s). They load inside the
+# functions that need them, not when this module is imported.
+
 STRIDE = 4
 WEIGHTS = Path(__file__).with_name("weights") / "pointer_net.safetensors"
 
@@ -45,8 +50,6 @@ class PointerNet(nn.Module):
 def load_pointer_net(path: str | None = None) -> PointerNet:
     """The shipped (or given) weights, in float32, eval mode."""
     from safetensors.torch import load_file
-
-    from pathkit.io import PathkitError
 
     p = Path(path) if path else WEIGHTS
     if not p.exists():

@@ -25,6 +25,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from pathkit.synthetic.video import synthetic_background
+from pathkit.video.cursor_shapes import SHAPES, resized_shape
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s); skimage (scikit-image's submodules load SciPy). They load inside the
+# functions that need them, not when this module is imported.
+
 SS = 4  # supersampling of the drawing (anti-aliased edges after the area downscale)
 
 
@@ -195,8 +201,6 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
 def pathkit_art_sprite(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """pathkit's own pointer pixel art (what its synthetic lectures draw, :mod:`pathkit.video.cursor_shapes`) at
     an integer or fractional scale, as a square sprite: not a real cursor theme, so no evaluation theme leaks."""
-    from pathkit.video.cursor_shapes import SHAPES, resized_shape
-
     scale = float(rng.choice([1, 1, 2, 3])) if rng.random() < 0.7 else float(rng.uniform(0.6, 2.0))
     shape = resized_shape(SHAPES[str(rng.choice(["arrow", "hand"]))], scale,
                           (float(rng.uniform(0, 1)), float(rng.uniform(0, 1))))
@@ -214,8 +218,6 @@ def _photo_pool() -> tuple[np.ndarray, ...]:
     """Background images: scikit-image's photographs and scanned text (not its IHC image, which is evaluation
     content), and pathkit's procedural tissue."""
     from skimage import data
-
-    from pathkit.synthetic.video import synthetic_background
 
     out = []
     for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "text", "page", "coins", "moon", "hubble_deep_field"):

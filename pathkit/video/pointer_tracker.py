@@ -24,8 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from pathkit.video.cursor import build_templates, match_template
+from pathkit.video.decode import iter_frames, probe
 from pathkit.video.pointer_net import PointerNet, heatmap, load_pointer_net, peaks
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 
 @dataclass
@@ -145,8 +151,6 @@ class PointerTracker:
     def _snap(self, grey: np.ndarray, x: float, y: float) -> tuple[float, float] | None:
         """The exact hotspot of pathkit's own pointer art (the synthetic lectures' pointer) when it matches near
         the network's hotspot (x, y); None for any other pointer."""
-        from pathkit.video.cursor import build_templates, match_template
-
         H, W = grey.shape
         if self._templates is None or self._templates[0] != H:
             self._templates = (H, build_templates(H))
@@ -183,14 +187,10 @@ class PointerTracker:
 def track_pointer(path: str | Path, fps: float | None = None, progress: bool = False,
                   tracker: PointerTracker | None = None) -> list[dict]:
     """Pointer rows ``{"t", "x", "y", "score", "shape"}`` for the frames of a video (all, or ~``fps``/s)."""
-    from pathkit.video.decode import iter_frames, probe
-
     info = probe(path)
     tracker = tracker or PointerTracker()
     frames = iter_frames(path, fps=fps, grey=False)
     if progress:
-        from tqdm import tqdm
-
         frames = tqdm(frames, total=info.n_frames if not fps else int(info.duration * fps) + 1,
                       desc=f"pointer {Path(path).name}", unit="frame")
     rows = []

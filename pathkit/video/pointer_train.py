@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pathkit.io import atomic_path
 from pathkit.video.pointer_net import STRIDE, WEIGHTS, PointerNet
 from pathkit.video.pointer_renders import RenderPools, training_sample
+
+# Lazy imports: safetensors (the model stack, seconds to import). They load inside the functions that need
+# them, not when this module is imported.
 
 
 def make_batch(rng: np.random.Generator, pools: RenderPools, n: int, size: int
@@ -84,8 +88,6 @@ def train(steps: int = 6000, batch: int = 48, size: int = 96, seed: int = 0, lr:
 
 def save(net: PointerNet, path: str | Path = WEIGHTS) -> Path:
     from safetensors.torch import save_file
-
-    from pathkit.io import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

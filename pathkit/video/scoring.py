@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def matched_chunks(detected: Sequence[tuple[float, float]], truth: Sequence[tuple[float, float]],
                    tol: float = 0.5) -> int:
@@ -62,8 +64,6 @@ def pointer_scores(truth_xy, ambiguous, detected_xy, within: float = 8.0) -> dic
     detection within ``within`` px of a visible pointer), median and 95th-percentile hotspot error over those
     frames' detections, and the false detection rate over frames without a pointer.
     """
-    import numpy as np
-
     truth_xy, detected_xy = np.asarray(truth_xy, float), np.asarray(detected_xy, float)
     keep = ~np.asarray(ambiguous, bool)
     visible = keep & np.isfinite(truth_xy[:, 0])
@@ -86,8 +86,6 @@ def pointer_scores(truth_xy, ambiguous, detected_xy, within: float = 8.0) -> dic
 def per_frame_detections(rows, times):
     """Pointer rows (``{"t", "x", "y", ...}``, frame order) as one (x, y) row per frame of ``times``, NaN where
     none; two frames with the same time stamp (x11grab can stamp two grabs alike) each keep their own row."""
-    import numpy as np
-
     times = np.asarray(times, float)
     out = np.full((len(times), 2), np.nan)
     i = 0

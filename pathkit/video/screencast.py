@@ -21,6 +21,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from pathkit.io import PathkitError, atomic_path, read_json, write_json
+from pathkit.synthetic.video import Utterance, write_vtt
 from pathkit.video.lecture_script import Lecture
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 REQUIRED_PROGRAMS = ("Xvfb", "xdotool", "xsetroot", "ffmpeg")
 THEME_DIRS = (Path("/usr/share/icons"), Path.home() / ".icons")
@@ -206,8 +212,6 @@ def record_screencast(path: str | Path, lecture: Lecture, style: PointerStyle, *
 
 def _exit_on_sigterm():
     """Turn SIGTERM into SystemExit while recording (main thread only); returns the undo."""
-    import signal
-
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
@@ -288,8 +292,6 @@ def chunk_truth(truth: dict, duration: float) -> list[tuple[float, float]]:
 
 def _xcursor_images(path: Path) -> list[tuple[int, int, int, int, int, np.ndarray]]:
     """Images of an Xcursor file: (nominal size, xhot, yhot, delay, frame index, RGBA uint8 (h, w, 4))."""
-    import struct
-
     b = path.read_bytes()
     if b[:4] != b"Xcur":
         raise PathkitError(f"{path}: not an Xcursor file")
@@ -377,8 +379,6 @@ def dwell_transcript(truth: dict, vtt: str | Path) -> list[tuple[float, float, l
     """A WebVTT narration with one utterance per pointing gesture (or, for a recording without gestures, per
     rest of the pointer): the narrator speaks about what the pointer shows. Returns ``(start, end, box)`` per
     utterance, the groundings' ground truth (a rest's box is the 1-pixel point where it rested)."""
-    from pathkit.synthetic.video import Utterance, write_vtt
-
     spans = gesture_boxes(truth) or [(a, b, [x, y, x + 1, y + 1]) for a, b, x, y in dwells(truth)]
     write_vtt(vtt, [Utterance(round(a, 3), round(b, 3), _DWELL_LINES[k % len(_DWELL_LINES)])
                     for k, (a, b, _) in enumerate(spans)])

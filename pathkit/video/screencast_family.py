@@ -22,12 +22,22 @@ downscaled from a larger screen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from pathkit.video.screencast import PointerStyle
+from pathkit.video.lecture_script import demo_lecture
+from pathkit.video.screencast import (
+    PointerStyle,
+    encode_variant,
+    recoloured_theme,
+    record_screencast,
+    truth_path,
+)
+
+# Lazy imports: av (PyAV, FFmpeg's libraries). They load inside the functions that need them, not when this
+# module is imported.
 
 YELLOW = "pathkit-yellow"  # DMZ-White's cursors with a yellow fill, built with xcursorgen (recoloured_theme)
 GREEN = "pathkit-green"  # whiteglass's cursors with a green fill
@@ -103,11 +113,6 @@ def clip_path(root: str | Path, clip: Clip) -> Path:
 
 def ensure_clip(root: str | Path, clip: Clip, short: bool = False) -> Path:
     """Record and encode ``clip`` under ``root`` unless it is already there (the lecture's length + ~8 s)."""
-    from dataclasses import replace
-
-    from pathkit.video.lecture_script import demo_lecture
-    from pathkit.video.screencast import encode_variant, recoloured_theme, record_screencast, truth_path
-
     root = Path(root)
     out = clip_path(root, clip)
     if out.exists() and truth_path(out).exists():

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pathkit.video.lecture_script import Lecture
+
+# Lazy imports: tkinter (Tk, a display). They load inside the functions that need them, not when this module
+# is imported.
+
 
 def play(job: dict) -> list[dict]:
     import tkinter as tk
-
-    from pathkit.video.lecture_script import Lecture
 
     lecture = Lecture.from_json(job["lecture"])
     w, h = job["size"]

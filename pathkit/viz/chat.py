@@ -15,6 +15,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from pathkit.models.conversation import IMAGE_TOKEN, clean_answer, tokenize_prompt
+
+# Lazy imports: torch, transformers (the model stack, seconds to import); ipywidgets (ipywidgets, only inside
+# a notebook). They load inside the functions that need them, not when this module is imported.
+
 
 def stream_answer(model: Any, question: str, image: Any = None, max_new_tokens: int = 64) -> Iterator[str]:
     """Yield the answer so far after each new token (greedy); the last item is the full answer."""
@@ -24,8 +31,6 @@ def stream_answer(model: Any, question: str, image: Any = None, max_new_tokens: 
         return
     import torch
     from transformers import TextIteratorStreamer
-
-    from pathkit.models.conversation import IMAGE_TOKEN, clean_answer, tokenize_prompt
 
     if image is not None and IMAGE_TOKEN not in question:
         question = f"{IMAGE_TOKEN}\n{question}"
@@ -58,8 +63,6 @@ def stream_answer(model: Any, question: str, image: Any = None, max_new_tokens: 
 
 
 def _load_image(value: Any):
-    from PIL import Image
-
     if value is None:
         return None
     if isinstance(value, (str, Path)):

@@ -11,6 +11,9 @@ from typing import Any
 
 from pathkit.io import read_json, read_jsonl
 
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
+
 
 def recipe_curves(out_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
     """``{stage: losses rows}`` in the recipe's stage order."""

@@ -7,6 +7,9 @@ import textwrap
 
 import numpy as np
 
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
+
 
 def _ax(ax, figsize=(8, 4)):
     if ax is None:

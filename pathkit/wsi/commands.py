@@ -61,15 +61,16 @@ def extract(
     Batched, several loader workers, bf16 autocast + channels_last on GPU; prints tiles/s. Complete outputs
     are skipped (resume); failures go to OUT/failures.jsonl and give a non-zero exit.
     """
+    from pathkit.models.encoders import load_encoder
     from pathkit.wsi.pipeline import extract_features
 
     settings = dict(batch_size=batch_size, workers=workers, device=device, slide_mpp=slide_mpp, slides_dir=slides)
     if _engine(engine) == "ray":
         from pathkit.wsi.ray_batch import extract_features_ray
 
-        summary = extract_features_ray(source, encoder, out, actors=actors, address=ray_address, **settings)
+        summary = extract_features_ray(source, encoder, out, load_encoder=load_encoder, actors=actors, address=ray_address, **settings)
     else:
-        summary = extract_features(source, encoder, out, **settings)
+        summary = extract_features(source, encoder, out, load_encoder=load_encoder, **settings)
     _finish(summary)
 
 

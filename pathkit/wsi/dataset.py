@@ -11,15 +11,19 @@ is the encoder's own ``preprocess`` on the same numpy tiles; tests check the two
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from pathkit.wsi.slide import Slide
 from pathkit.wsi.tiling import TilePlan, read_tile
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
 
 
 class SlideTileDataset(Dataset):
@@ -94,10 +98,6 @@ def make_loader(dataset: Dataset, batch_size: int = 64, workers: int = 0, pin_me
     can deadlock a child that then takes a lock one of those threads held; the forkserver is a fresh
     single-threaded process with pathkit's reader preloaded, so workers still start in milliseconds.
     """
-    import multiprocessing
-
-    from torch.utils.data import DataLoader
-
     kwargs = {}
     if workers > 0:
         ctx = multiprocessing.get_context("forkserver")

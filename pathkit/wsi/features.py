@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
 from pathkit.io import PathkitError, atomic_path
+
+# Lazy imports: h5py (h5py, ~0.3 s); torch (the model stack, seconds to import); pandas (pandas, ~0.6 s). They
+# load inside the functions that need them, not when this module is imported.
 
 REQUIRED_ATTRS = ("mpp", "patch_size", "patch_size_level0", "level", "slide")
 # Suffixes of the slide feature files read_features takes (a LLaVA record's ``image`` with one of them is a slide).
@@ -157,7 +165,7 @@ def _read_pt(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, dict[str
     import torch
 
     allowed = [np.ndarray, np.dtype, np.dtypes.Float32DType, np.dtypes.Float64DType, np.dtypes.Float16DType,
-               np.dtypes.Int64DType, np.dtypes.Int32DType, _numpy_reconstruct()]
+               np.dtypes.Int64DType, np.dtypes.Int32DType, _reconstruct]
     try:
         with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -269,14 +277,6 @@ def _as_numpy(obj: Any, path: Path, name: str) -> np.ndarray:
     if isinstance(obj, np.ndarray):
         return obj
     raise PathkitError(f"{path}: '{name}' is a {type(obj).__name__}, not a tensor or array")
-
-
-def _numpy_reconstruct():
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
 
 
 def is_complete(path: str | Path, need_features: bool = False, encoder: str | None = None) -> bool:

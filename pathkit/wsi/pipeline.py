@@ -15,15 +15,26 @@ from __future__ import annotations
 
 import glob
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from pathkit.io import FailureLog, PathkitError, write_json, write_jsonl
+from pathkit.io import FailureLog, PathkitError
+from pathkit.wsi.dataset import SlideTileDataset, make_loader, normalize_batch
 from pathkit.wsi.features import is_complete, read_features, write_features
-from pathkit.wsi.tiling import TilePlan
+from pathkit.wsi.slide import Slide
+from pathkit.wsi.tile_figure import tile_grid_figure
+from pathkit.wsi.tiling import TilePlan, plan_for_footprint, plan_tiles, read_tile, tile_grid
+
+# Lazy imports: torch (the model stack, seconds to import). They load inside the functions that need them, not
+# when this module is imported.
+
+# (name, device) -> (model, preprocess, feature width): pathkit.models.encoders.load_encoder
+EncoderLoader = Callable[..., tuple[Any, Any, int]]
 
 
 @dataclass
@@ -90,7 +101,6 @@ def extraction_todo(source: str | Path | list, out_dir: str | Path, encoder_name
 def _progress(iterable, total: int, desc: str, show: bool):
     if not show:
         return iterable
-    from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="slide")
 
@@ -102,9 +112,6 @@ def tile_slide(slide_path: str | Path, out_dir: str | Path, mpp: float = 0.5, si
                min_tissue: float = 0.1, overlap: int = 0, slide_mpp: float | None = None,
                thumbnail_size: int = 1024, figure: bool = True) -> tuple[Path, int]:
     """Tile one slide: write ``<out>/<stem>.h5`` (coords) and ``<out>/<stem>.png``; returns (path, n tiles)."""
-    from pathkit.wsi.slide import Slide
-    from pathkit.wsi.tiling import plan_tiles, tile_grid
-
     slide_path = Path(slide_path)
     out_dir = Path(out_dir)
     with Slide(slide_path, slide_mpp=slide_mpp) as slide:
@@ -120,8 +127,6 @@ def tile_slide(slide_path: str | Path, out_dir: str | Path, mpp: float = 0.5, si
     _remove_stale_temps(out_dir, slide_path.stem)
     write_features(out, grid.coords, attrs)
     if figure:
-        from pathkit.viz.slide_figures import tile_grid_figure
-
         tile_grid_figure(grid.thumbnail, grid.mask.scale, grid.coords, plan.patch_size_level0,
                          mask=grid.mask.mask, out_path=out_dir / f"{slide_path.stem}.png",
                          title=f"{slide_path.name}: {len(grid.coords)} tiles of {size} px at {mpp} mpp")
@@ -136,8 +141,6 @@ def _remove_stale_temps(out_dir: Path, stem: str) -> None:
 
 def _check_readable(slide, plan: TilePlan, coords: np.ndarray) -> None:
     """Read a few tiles spread over the slide so a truncated file fails here, not halfway through extraction."""
-    from pathkit.wsi.tiling import read_tile
-
     if len(coords) == 0:
         return
     picks = np.unique(np.linspace(0, len(coords) - 1, num=min(len(coords), 8)).astype(int))
@@ -210,8 +213,6 @@ def encode_slide(coords_file: str | Path, model, preprocess, device: str = "cpu"
     """
     import torch
 
-    from pathkit.wsi.dataset import SlideTileDataset, make_loader, normalize_batch
-
     coords, _, attrs = read_features(coords_file)
     slide_path, plan, attrs = tile_source(coords_file, attrs, slides_dir, slide_mpp)
     dataset = SlideTileDataset(slide_path, coords, plan, resize=preprocess.resize, crop=preprocess.size,
@@ -254,9 +255,6 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 def tile_source(coords_file: str | Path, attrs: dict[str, Any], slides_dir: str | Path | None = None,
                 slide_mpp: float | None = None) -> tuple[Path, TilePlan, dict[str, Any]]:
     """(slide path, tile plan, attrs completed with pathkit's names) for a pathkit, CLAM or TRIDENT coords file."""
-    from pathkit.wsi.slide import Slide
-    from pathkit.wsi.tiling import plan_for_footprint
-
     name = str(attrs.get("name") or Path(coords_file).stem)  # CLAM and TRIDENT name the slide without its suffix
     if all(k in attrs for k in PLAN_KEYS):
         slide_path = Path(attrs["slide_path"])
@@ -304,19 +302,19 @@ def _coords_files(source: str | Path | list) -> list[Path]:
     return sorted(p for p in source.glob("*.h5") if not p.name.startswith("."))
 
 
-def extract_features(source: str | Path | list, encoder: str | Path, out_dir: str | Path,
-                     batch_size: int = 64, workers: int = 0, device: str | None = None,
-                     slide_mpp: float | None = None, progress: bool = True,
+def extract_features(source: str | Path | list, encoder: str | Path, out_dir: str | Path, *,
+                     load_encoder: EncoderLoader, batch_size: int = 64, workers: int = 0,
+                     device: str | None = None, slide_mpp: float | None = None, progress: bool = True,
                      slides_dir: str | Path | None = None) -> BatchSummary:
     """Encode the tiles of every coords file in ``source`` with ``encoder`` -> ``<out>/<stem>.h5`` (resumable).
 
+    ``load_encoder(encoder, device)`` builds the model, once and only when a file needs it
+    (:func:`pathkit.models.encoders.load_encoder`: slides are a lower layer than models, so the caller passes it).
     ``source`` may be the output folder itself (coords-only files are then replaced by coords + features).
     Coords files from CLAM (``patches/<slide>.h5``) or TRIDENT need ``slides_dir``, where each slide is found
     by its name.
     """
     import torch
-
-    from pathkit.models.encoders import load_encoder
 
     device = _device_of(device)
     encoder_name = str(encoder)
@@ -343,40 +341,3 @@ def extract_features(source: str | Path | list, encoder: str | Path, out_dir: st
         summary.done.append(str(coords_file))
         summary.tiles += len(coords)
     return finish_batch(summary, failures, start)
-
-
-# ------------------------------------------------------------------------------------------------ notebooks
-
-
-def ensure_wsi_features(workdir: str | Path, cfg, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
-    """Synthetic slides -> coords -> features under ``workdir`` (reused when complete), for notebooks.
-
-    Layout: ``synthetic/slides/`` (slides + truth), ``wsi/coords/<stem>.h5`` + ``.png``,
-    ``wsi/features/<stem>.h5`` (coords + features from ``cfg.wsi.encoder``), ``wsi/features/index.jsonl``.
-    Returns one record per slide: slide, coords, features, diagnosis, report, truth (paths as strings).
-    """
-    from pathkit.synthetic.slides import ensure_slide_set
-
-    workdir = Path(workdir)
-    truths = ensure_slide_set(workdir / "synthetic" / "slides", cfg.synthetic, seed)
-    coords_dir, feats_dir = workdir / "wsi" / "coords", workdir / "wsi" / "features"
-    w = cfg.wsi
-    tiled = tile_slides([t.slide for t in truths], coords_dir, mpp=w.mpp, size=w.patch_size,
-                        min_tissue=w.min_tissue, overlap=w.overlap, thumbnail_size=w.thumbnail_size,
-                        progress=progress)
-    if tiled.failed:
-        raise PathkitError(f"{coords_dir}: {tiled.line()}")
-    extracted = extract_features(coords_dir, w.encoder, feats_dir, batch_size=w.batch_size,
-                                 workers=w.num_workers, progress=progress)
-    if extracted.failed:
-        raise PathkitError(f"{feats_dir}: {extracted.line()}")
-    records = []
-    for t in truths:
-        stem = Path(t.slide).stem
-        records.append({"slide": t.slide, "coords": str(coords_dir / f"{stem}.h5"),
-                        "features": str(feats_dir / f"{stem}.h5"), "diagnosis": t.diagnosis, "report": t.report,
-                        "truth": str(t.truth_path)})
-    write_jsonl(feats_dir / "index.jsonl", records)
-    if extracted.done:
-        write_json(feats_dir / "extract_summary.json", extracted.to_dict())
-    return records

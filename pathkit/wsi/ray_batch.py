@@ -15,15 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from pathkit.io import FailureLog, one_line
-from pathkit.wsi.features import is_complete
+from pathkit.ray_runtime import start_ray
+from pathkit.wsi.features import is_complete, write_features
 from pathkit.wsi.pipeline import (
     BatchSummary,
+    EncoderLoader,
+    _device_of,
     _progress,
+    _remove_stale_temps,
+    encode_slide,
     extraction_todo,
     finish_batch,
     record_item,
     tile_slide,
 )
+
+# Lazy imports: ray (Ray, an optional extra that starts a runtime); torch (the model stack, seconds to
+# import). They load inside the functions that need them, not when this module is imported.
 
 
 def _tile_one(slide_path: str, out_dir: str, kwargs: dict[str, Any]) -> tuple[str, int, str | None]:
@@ -38,8 +46,6 @@ def tile_slides_ray(slides: list[str | Path], out_dir: str | Path, address: str 
                     progress: bool = True, **kwargs: Any) -> BatchSummary:
     """:func:`pathkit.wsi.pipeline.tile_slides` with one Ray task per slide."""
     import ray
-
-    from pathkit.sweep.engines import start_ray
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,12 +84,9 @@ def _as_completed(refs):
 class SlideEncoder:
     """A Ray actor holding one encoder; ``encode`` writes one slide's features file."""
 
-    def __init__(self, encoder: str, out_dir: str, batch_size: int, workers: int, device: str | None,
-                 slide_mpp: float | None, slides_dir: str | None = None):
+    def __init__(self, encoder: str, load_encoder: EncoderLoader, out_dir: str, batch_size: int, workers: int,
+                 device: str | None, slide_mpp: float | None, slides_dir: str | None = None):
         import torch
-
-        from pathkit.models.encoders import load_encoder
-        from pathkit.wsi.pipeline import _device_of
 
         self.device = _device_of(device)
         self.model, self.preprocess, dim = load_encoder(encoder, device=self.device)
@@ -95,9 +98,6 @@ class SlideEncoder:
 
     def encode(self, coords_file: str) -> tuple[str, int, str | None, float, float]:
         """(file, tiles, error, load-wait seconds, compute seconds) for one coords file."""
-        from pathkit.wsi.features import write_features
-        from pathkit.wsi.pipeline import _remove_stale_temps, encode_slide
-
         part = BatchSummary()
         try:
             coords, features, attrs = encode_slide(coords_file, self.model, self.preprocess, device=self.device,
@@ -112,8 +112,8 @@ class SlideEncoder:
         return coords_file, len(coords), None, part.load_wait_seconds, part.compute_seconds
 
 
-def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir: str | Path,
-                         batch_size: int = 64, workers: int = 0, device: str | None = None,
+def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir: str | Path, *,
+                         load_encoder: EncoderLoader, batch_size: int = 64, workers: int = 0, device: str | None = None,
                          slide_mpp: float | None = None, slides_dir: str | Path | None = None,
                          actors: int | None = None, address: str | None = None, progress: bool = True
                          ) -> BatchSummary:
@@ -124,8 +124,6 @@ def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir
     """
     import ray
     from ray.util import ActorPool
-
-    from pathkit.sweep.engines import start_ray
 
     name = str(encoder)
     out_dir, failures, summary, todo = extraction_todo(source, Path(out_dir).resolve(), name)
@@ -138,7 +136,7 @@ def extract_features_ray(source: str | Path | list, encoder: str | Path, out_dir
         gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
         n = max(1, min(actors or gpus or 2, len(todo)))
         actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(SlideEncoder)
-        pool = ActorPool([actor_cls.remote(name, str(out_dir), batch_size, workers, device, slide_mpp,
+        pool = ActorPool([actor_cls.remote(name, load_encoder, str(out_dir), batch_size, workers, device, slide_mpp,
                                            str(Path(slides_dir).resolve()) if slides_dir else None)
                           for _ in range(n)])
         named = {str(f.resolve()): str(f) for f in todo}

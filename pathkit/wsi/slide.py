@@ -16,6 +16,9 @@ import numpy as np
 
 from pathkit.io import PathkitError
 
+# Lazy imports: openslide (OpenSlide, a system library). They load inside the functions that need them, not
+# when this module is imported.
+
 
 class Slide:
     """An openslide handle plus the facts pathkit plans with (mpp, objective power, vendor, levels).

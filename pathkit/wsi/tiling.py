@@ -23,6 +23,9 @@ from pathkit.io import PathkitError
 from pathkit.wsi.slide import Slide
 from pathkit.wsi.tissue import TissueMask, box_fraction, tissue_mask
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
 
 @dataclass(frozen=True)
 class TilePlan:

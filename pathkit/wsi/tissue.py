@@ -13,6 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+# Lazy imports: cv2 (OpenCV, ~0.3 s); skimage (scikit-image's submodules load SciPy). They load inside the
+# functions that need them, not when this module is imported.
+
 
 class TissueMask(NamedTuple):
     mask: np.ndarray  # (h, w) bool

@@ -6,11 +6,16 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from pathkit.video.narratives import read_narratives
+
+# Lazy imports: napari (napari, Qt and a display). They load inside the functions that need them, not when
+# this module is imported.
 
 
 def _load_row(row: dict | str | Path, root: Path | None) -> tuple[dict, Path]:
     if isinstance(row, (str, Path)):  # a narratives.jsonl: take its first row
-        from pathkit.video.narratives import read_narratives
 
         return read_narratives(row)[0], Path(row)
     return row, root or Path(".")
@@ -26,7 +31,6 @@ def show_narrative(row: dict, viewer=None, root: str | Path | None = None, heatm
     (the narratives folder; rows from :func:`pathkit.video.narratives.read_narratives` are absolute).
     """
     import napari
-    from PIL import Image
 
     row, base = _load_row(row, Path(root) if root else None)
     frame = np.asarray(Image.open(base / row["frame"]).convert("RGB"))

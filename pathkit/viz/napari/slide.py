@@ -11,6 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pathkit.wsi.features import read_features
+
+# Lazy imports: openslide (OpenSlide, a system library); napari (napari, Qt and a display). They load inside
+# the functions that need them, not when this module is imported.
+
 
 class OpenSlideLevel:
     """One pyramid level as a read-only (height, width, 3) uint8 array-like, read on demand."""
@@ -93,8 +98,6 @@ def show_slide(path: str | Path, coords: np.ndarray | None = None, values: np.nd
     import napari
 
     if isinstance(coords, (str, Path)):
-        from pathkit.wsi.features import read_features
-
         coords, _, attrs = read_features(coords)
         footprint = footprint or attrs["patch_size_level0"]  # None for files without coords (.pt, SlideChat CSV)
     footprint = int(footprint or 256)

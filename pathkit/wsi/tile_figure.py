@@ -1,10 +1,16 @@
-"""Per-slide figures: thumbnail, tissue-mask outline and the kept tile grid."""
+"""The tiling job's picture of a slide: thumbnail, tissue-mask outline and the kept tile grid
+(``<out>/<stem>.png`` beside each coords file)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from pathkit.io import atomic_path
+
+# Lazy imports: matplotlib (matplotlib, ~0.2-0.6 s). They load inside the functions that need them, not when
+# this module is imported.
 
 
 def draw_tile_grid(ax, thumbnail: np.ndarray, scale: float, coords: np.ndarray, footprint: float,
@@ -50,8 +56,6 @@ def tile_grid_figure(thumbnail: np.ndarray, scale: float, coords: np.ndarray, fo
                    title=title or f"{len(coords)} tiles")
     fig.tight_layout()
     if out_path is not None:
-        from pathkit.io import atomic_path
-
         with atomic_path(out_path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")
     return fig

@@ -1,0 +1,73 @@
+"""How much the view changed between two analysis frames, with the pointer masked out, and the :class:`Chunk`
+(a span where it did not change) that :mod:`pathkit.video.chunks` cuts from that signal and
+:mod:`pathkit.video.chunk_refine` refines; whether a frame is blank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
+# imported.
+
+
+@dataclass
+class Chunk:
+    start: float  # seconds
+    end: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+
+def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold: float = 12.0,
+                             blob_fraction: float = 0.02, max_blob_extent: float = 0.2) -> float:
+    """Mean absolute grey difference of two frames over pixels that changed by more than ``pixel_threshold``,
+    after masking small, compact changed blobs (the pointer).
+
+    A blob is the pointer's when it covers less than ``blob_fraction`` of the frame and its bounding box's
+    longer side is at most ``max_blob_extent`` of the frame's width: a new line of text in a slide build is
+    as small but long, and counts. Changes a few pixels apart (the letters of a line) are one blob.
+    """
+    import cv2
+
+    diff = cv2.absdiff(prev, cur)
+    # sub-threshold change (compression flicker at a new keyframe) is not change
+    if diff.dtype == np.uint8:
+        diff = cv2.threshold(diff, pixel_threshold, 0, cv2.THRESH_TOZERO)[1]  # one OpenCV pass
+    else:
+        diff = diff * (diff > pixel_threshold)
+    n_changed = cv2.countNonZero(diff)
+    if n_changed > 0.5 * diff.size:  # a cut or pan: masking moot
+        return float(diff.sum(dtype=np.float64)) / diff.size
+    if n_changed == 0:
+        return 0.0
+    W = diff.shape[1]
+    changed = (diff > 0).view(np.uint8)
+    bx, by, bw, bh = cv2.boundingRect(changed)
+    # (+4: the extents below are of the blobs grown by the 5 x 5 joining)
+    if n_changed < blob_fraction * diff.size and max(bw, bh) + 4 <= max_blob_extent * W:
+        return 0.0  # one small compact change (the usual case: the pointer moved a little)
+    total = float(diff.sum(dtype=np.float64))
+    joined = cv2.dilate(changed, np.ones((5, 5), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    if n > 1:
+        area = np.bincount(labels.ravel(), weights=changed.ravel().astype(np.float64), minlength=n)[1:]
+        extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+        small = (area < blob_fraction * diff.size) & (extent <= max_blob_extent * W)
+        if small.any():
+            per_label = np.bincount(labels.ravel(), weights=diff.ravel(), minlength=n)
+            total -= float(per_label[1:][small].sum())
+    return max(0.0, total) / diff.size
+
+
+def is_blank(grey: np.ndarray, keep: np.ndarray | None = None, blank_std: float = 8.0) -> bool:
+    """Nearly every pixel (of those ``keep`` marks) at the frame's median grey: a black or uniform screen (a
+    pointer on it, or a webcam box left out by ``keep``, does not make it content)."""
+    px = grey if keep is None else grey[keep]
+    if px.size == 0:
+        return False
+    med = float(np.median(px))
+    return float(np.mean(np.abs(px.astype(np.float32) - med) <= blank_std)) >= 0.97
