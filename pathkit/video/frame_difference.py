@@ -69,5 +69,10 @@ def is_blank(grey: np.ndarray, keep: np.ndarray | None = None, blank_std: float 
     px = grey if keep is None else grey[keep]
     if px.size == 0:
         return False
-    med = float(np.median(px))
-    return float(np.mean(np.abs(px.astype(np.float32) - med) <= blank_std)) >= 0.97
+    if px.dtype != np.uint8:
+        med = float(np.median(px))
+        return float(np.mean(np.abs(px.astype(np.float32) - med) <= blank_std)) >= 0.97
+    hist = np.bincount(px.ravel(), minlength=256)  # one pass: the median and the share near it from the histogram
+    med = int(np.searchsorted(np.cumsum(hist), (px.size + 1) // 2))
+    lo, hi = max(0, int(np.ceil(med - blank_std))), min(255, int(np.floor(med + blank_std)))
+    return int(hist[lo:hi + 1].sum()) >= 0.97 * px.size
