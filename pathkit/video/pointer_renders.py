@@ -1,8 +1,8 @@
 """Procedurally varied mouse pointers composited onto lecture-like patches: the pointer detector's training data.
 
 No cursor theme is used: pointers are pathkit's own vector drawings with random proportions, direction, size
-(9 to 72 px, a fifth of them 9 to 16 px), fill (white, black, any colour; flat, glassy gradient in any
-direction, an inner rim, translucent), outline (the contrasting polarity, 1 to 3 px; rarely none),
+(9 to 72 px, ~a third of them 9 to 18 px; small ones sometimes without anti-aliasing), fill (white, black, any colour; flat, glassy gradient in any
+direction, an inner rim, translucent), outline (the contrasting polarity, 1 to 4 px; rarely none; sometimes doubled like comic themes),
 anti-aliasing and drop shadow:
 
 * arrows: the classic desktop arrow (with or without a tail) and block arrows (a head on a shaft), mostly
@@ -13,7 +13,8 @@ anti-aliasing and drop shadow:
 
 They are pasted onto crops of photographs and pathkit's procedural tissue, text slides, flat and black screens,
 some with hard negatives (dark or coloured angular blobs without an outline, like a nucleus cluster), then the
-patch is downscaled by a random factor and JPEG-compressed (what x264 and a smaller video do to it).
+patch is downscaled by a random factor (0.4x to 1x, area or blur-then-bicubic/bilinear like ffmpeg's scalers)
+and JPEG-compressed, chroma subsampled (what x264 and a smaller video do to it).
 
 A sample is ``(patch RGB uint8 (S, S, 3), hotspot (x, y) float or None)``.
 """
@@ -153,9 +154,15 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
         outline = np.full(3, 0.0 if fill.mean() > 110 or rng.random() < 0.4 else 255.0)
     # outline: 0 to 3 px of the final pointer (1 px of a pointer ~20 px tall is 1/20 of its height); themes
     # without one are rare (a coloured fill with a drop shadow), a look-alike dark blob in tissue is common
-    width_px = int(rng.choice([0, 1, 1, 1, 2, 2, 3])) if style >= 0.9 else int(rng.choice([1, 1, 1, 1, 2, 2, 3]))
+    width_px = int(rng.choice([0, 1, 1, 1, 2, 2, 3])) if style >= 0.9 else int(rng.choice([1, 1, 1, 1, 2, 2, 3, 4]))
     k = max(1, int(round(width_px * SS * max(1.0, height / 24) * rng.uniform(0.7, 1.2))))
     outer = cv2.dilate(body, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) if width_px else body
+    double = width_px and rng.random() < 0.2  # comic themes: a thick contrasting outline inside a thin outer line
+    if double:
+        k2 = max(1, int(round(SS * max(1.0, height / 32) * rng.uniform(0.7, 1.3))))
+        ring = cv2.dilate(outer, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k2 + 1, 2 * k2 + 1)))
+        ring_only, outer = (ring > 0) & ~(outer > 0), ring
+        k += k2
     if width_px:  # the outline grows past the tip: the hotspot is the outline's pixel at the tip farthest out
         ys, xs = np.nonzero(body)
         cx, cy = xs.mean(), ys.mean()
@@ -166,6 +173,8 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     c = canvas * SS
     rgb = np.zeros((c, c, 3), np.float32)
     rgb[outer > 0] = outline
+    if double:
+        rgb[ring_only] = fill if rng.random() < 0.7 else 255.0 - outline
     inside = body > 0
     if rng.random() < 0.35:  # a gradient across the fill (glassy themes), in any direction
         d = rng.normal(size=2)
@@ -183,8 +192,10 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     alpha = (outer > 0).astype(np.float32)
     if rng.random() < 0.15:  # translucent fill
         alpha[inside] = rng.uniform(0.55, 0.9)
-    rgb = cv2.resize(rgb * alpha[..., None], (canvas, canvas), interpolation=cv2.INTER_AREA)
-    alpha = cv2.resize(alpha, (canvas, canvas), interpolation=cv2.INTER_AREA)
+    # small pixel-art themes are drawn without anti-aliasing: hard one-pixel steps
+    interp = cv2.INTER_NEAREST if height < 24 and rng.random() < 0.25 else cv2.INTER_AREA
+    rgb = cv2.resize(rgb * alpha[..., None], (canvas, canvas), interpolation=interp)
+    alpha = cv2.resize(alpha, (canvas, canvas), interpolation=interp)
     rgb = rgb / np.maximum(alpha, 1e-4)[..., None]
     if rng.random() < 0.4:  # drop shadow: a blurred, offset, dark copy under the pointer
         off = rng.uniform(1, 4, 2) * max(1.0, height / 32)
@@ -300,20 +311,20 @@ class RenderPools:
     """Pre-rendered pointers and backgrounds (drawing them is the slow part); samples mix them freely."""
 
     sprites: list[tuple[np.ndarray, np.ndarray, tuple[float, float]]]  # (RGB, alpha, hotspot)
-    backgrounds: list[np.ndarray]  # RGB, square, at least 2x the patch size
+    backgrounds: list[np.ndarray]  # RGB, square, at least 2.5x the patch size (the largest downscale)
 
     @staticmethod
     def build(rng: np.random.Generator, n_sprites: int = 1500, n_backgrounds: int = 600, size: int = 96
               ) -> RenderPools:
         sprites = []
         for _ in range(n_sprites):
-            small = rng.random() < 0.2  # the smallest themes (10 to 16 px) are the hardest to see
-            height = float(np.exp(rng.uniform(np.log(9), np.log(16 if small else 72))))
+            small = rng.random() < 0.3  # the smallest themes (9 to 18 px) are the hardest to see
+            height = float(np.exp(rng.uniform(np.log(9), np.log(18 if small else 72))))
             if rng.random() < 0.06:
                 sprites.append(pathkit_art_sprite(rng))
                 continue
             sprites.append(render_pointer(rng, height, int(height * 2.3) + 8))
-        return RenderPools(sprites, [background_patch(rng, 2 * size) for _ in range(n_backgrounds)])
+        return RenderPools(sprites, [background_patch(rng, 5 * size // 2) for _ in range(n_backgrounds)])
 
 
 def training_sample(rng: np.random.Generator, pools: RenderPools, size: int = 96, p_pointer: float = 0.7
@@ -321,7 +332,9 @@ def training_sample(rng: np.random.Generator, pools: RenderPools, size: int = 96
     """A compressed patch with a pointer (probability ``p_pointer``) and its hotspot in patch pixels."""
     import cv2
 
-    down = 1.0 if rng.random() < 0.5 else rng.uniform(1.0, 2.0)  # the video is this much smaller than the screen
+    # the video is this much smaller than the screen (a 720p or 1080p capture delivered at 0.4x to 0.75x)
+    r = rng.random()
+    down = 1.0 if r < 0.4 else rng.uniform(1.0, 1.33) if r < 0.55 else rng.uniform(1.33, 2.5)
     big = int(round(size * down))
     src = pools.backgrounds[int(rng.integers(len(pools.backgrounds)))]
     y0, x0 = (int(rng.integers(0, src.shape[i] - big + 1)) for i in (0, 1))
@@ -341,11 +354,15 @@ def training_sample(rng: np.random.Generator, pools: RenderPools, size: int = 96
         hot = (ox + hx, oy + hy)
     img = np.clip(bg + 0.5, 0, 255).astype(np.uint8)
     if big != size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:  # ffmpeg's area scaler
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        else:  # its bicubic/bilinear scalers widen their kernel by the factor: blur, then sample
+            img = cv2.GaussianBlur(img, (0, 0), down * rng.uniform(0.3, 0.55))
+            img = cv2.resize(img, (size, size), interpolation=(cv2.INTER_CUBIC, cv2.INTER_LINEAR)[int(rng.integers(2))])
         if hot is not None:
             hot = ((hot[0] + 0.5) / down - 0.5, (hot[1] + 0.5) / down - 0.5)
     if rng.random() < 0.85:  # block compression, chroma subsampled like x264's yuv420p
-        q = int(rng.uniform(25, 90))
+        q = int(rng.uniform(20, 90))
         ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
         img = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
     return img, hot

@@ -3,7 +3,7 @@
 CenterNet-style training: a Gaussian around the hotspot's cell as the heatmap target (penalty-reduced focal
 loss, so cells next to the hotspot are not punished as hard as far ones) and an L1 loss on the offset inside
 the hotspot's cell. Seeded: the same seed and step count rebuild the same weights (up to float rounding
-of the CPU kernels). About 15 minutes on one free CPU core (6000 steps).
+of the CPU kernels). About 12 minutes on one CPU core (6000 steps).
 """
 
 from __future__ import annotations
