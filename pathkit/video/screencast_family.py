@@ -13,7 +13,10 @@ to train it. Splits, for the tracker logic and thresholds around the network:
   and the renders widened, so it is no longer unseen either;
 * ``accept``: other Debian themes (bibata, chameleon, comixcursors, oxygen, crystal), new fill colours
   (magenta, cyan, orange) and sizes (20, 28, 56 px), recorded after the second detector's weights were
-  committed and scored once: the acceptance measurement.
+  committed and scored once: the second detector's acceptance measurement; its failures (small pointers after
+  downscaling) were then looked at, so it is "seen" for the third detector;
+* ``accept2``: theme variants, colours, sizes and downscales no split used, recorded after the third detector's
+  weights were committed and scored once: the acceptance measurement.
 
 Each clip is a ~17 s lecture (:func:`pathkit.video.lecture_script.demo_lecture`, its own seed) recorded
 live by :func:`pathkit.video.screencast.record_screencast`, then delivered as x264 (CRF 28), optionally
@@ -44,16 +47,22 @@ GREEN = "pathkit-green"  # whiteglass's cursors with a green fill
 MAGENTA = "pathkit-magenta"  # crystalwhite's cursors with a magenta fill (accept split)
 CYAN = "pathkit-cyan"  # Bibata-Modern-Ice's with a cyan fill (accept split)
 ORANGE = "pathkit-orange"  # oxy-white's with an orange fill (accept split)
+LIME = "pathkit-lime"  # ComixCursors-White's with a lime fill (accept2 split)
+PINK = "pathkit-pink"  # Chameleon-White-Regular's with a pink fill (accept2)
+TEAL = "pathkit-teal"  # ComixCursors-Slim-White's with a teal fill (accept2)
+BROWN = "pathkit-brown"  # crystalgray's with a brown fill (accept2)
 RECOLOURED = {YELLOW: ("DMZ-White", (255, 215, 0)), GREEN: ("whiteglass", (60, 200, 60)),
               MAGENTA: ("crystalwhite", (230, 40, 230)), CYAN: ("Bibata-Modern-Ice", (40, 220, 230)),
-              ORANGE: ("oxy-white", (255, 140, 20))}
+              ORANGE: ("oxy-white", (255, 140, 20)), LIME: ("ComixCursors-White", (150, 230, 30)),
+              PINK: ("Chameleon-White-Regular", (255, 110, 180)), TEAL: ("ComixCursors-Slim-White", (0, 150, 140)),
+              BROWN: ("crystalgray", (150, 90, 40))}
 
 
 @dataclass(frozen=True)
 class Clip:
     name: str
     style: PointerStyle
-    split: str  # "dev" | "heldout" | "fresh" | "accept"
+    split: str  # "dev" | "heldout" | "fresh" | "accept" | "accept2"
     capture: tuple[int, int] = (640, 360)
     scale: float = 1.0  # delivered size = capture * scale
     webcam: bool = False
@@ -104,6 +113,21 @@ FAMILY: tuple[Clip, ...] = (
     Clip("bibata-amber-40-540p-0.67", PointerStyle("Bibata-Modern-Amber", 40), "accept", capture=(960, 540),
          scale=0.67, seed=61),
     Clip("comix-black-24", PointerStyle("ComixCursors-Black", 24), "accept", seed=62, webcam=True),
+    # "accept2": recorded after the third detector's weights were committed and scored once: theme variants
+    # (slim comic, left-handed crystal, obsidian oxygen, anthracite chameleon, original bibata), colours (lime,
+    # pink, teal, brown) and sizes (18, 36, 44, 60 px) no split used, and captures of 1280x720 and 1600x900
+    # delivered at 0.5x and 0.6x
+    Clip("comix-slim-red-44-hand", PointerStyle("ComixCursors-Slim-Red", 44, "hand2"), "accept2", seed=81),
+    Clip("crystalblueleft-32", PointerStyle("crystalblueleft", 32), "accept2", seed=82),
+    Clip("oxy-obsidian-18", PointerStyle("oxy-obsidian", 18), "accept2", seed=83, webcam=True),
+    Clip("chameleon-anthracite-36-hand", PointerStyle("Chameleon-Anthracite-Large", 36, "hand2"), "accept2", seed=84),
+    Clip("lime-60", PointerStyle(LIME, 60), "accept2", seed=85),
+    Clip("pink-18-hand", PointerStyle(PINK, 18, "hand2"), "accept2", seed=86),
+    Clip("teal-36-720p-0.6", PointerStyle(TEAL, 36), "accept2", capture=(1280, 720), scale=0.6, seed=87,
+         webcam=True),
+    Clip("brown-36-720p-half", PointerStyle(BROWN, 36), "accept2", capture=(1280, 720), scale=0.5, seed=88),
+    Clip("bibata-original-classic-44-900p-0.6", PointerStyle("Bibata-Original-Classic", 44), "accept2",
+         capture=(1600, 900), scale=0.6, seed=89),
 )
 
 
