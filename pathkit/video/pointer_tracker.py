@@ -13,7 +13,8 @@ and how sure, it must be:
   searched and a new pointer needs ``static_threshold``; so does a tracked one that has never moved since it
   was found (a look-alike in the content, taken for the pointer as the real one left, never moves);
 * **pathkit's own pointer art** (its synthetic lectures) matched at ``snap_threshold`` around the detection
-  gives the exact hotspot; any other pointer gets the network's hotspot plus ``hotspot_offset``.
+  gives the exact hotspot (and such a candidate needs only ``detect_threshold``); any other pointer gets the
+  network's hotspot plus ``hotspot_offset``.
 
 Rows: ``{"t", "x", "y", "score", "shape": "pointer"}`` per frame where a pointer is seen, (x, y) the hotspot.
 """
@@ -118,6 +119,8 @@ class PointerTracker:
                 need = self.detect_threshold if self._arrived(prev_rgb, x, y, score) else self.static_threshold
             else:
                 need = self.static_threshold
+            if self.detect_threshold <= score < need and self._snap(grey, x, y) is not None:
+                need = self.detect_threshold  # pathkit's own pointer art, matched to the pixel: no look-alike
             if score >= need and (best is None or score - need > best[2] - best[3]):
                 best = (x, y, score, need)
         if best is None:
