@@ -184,11 +184,7 @@ def test_unreadable_video_is_one_line(tmp_path):
 
 def test_narratives_on_a_real_screencast_land_on_the_circled_region(tmp_path):
     """`pathkit video narratives` (CLI, default detector) on a recording whose pointer circles what is spoken
-    about: the groundings overlap the circled regions (ground truth from the pointer log, not the detector).
-
-    The pointer is sampled at 10 frames/s here. At the default 5 frames/s a gesture is 6 samples; the detector
-    misses one of them on this clip and the box of the rest falls under Quilt's minimum area, so no grounding is
-    kept (measured: 0 groundings). Sampling is a ``video.analysis_fps`` setting, passed as a user would."""
+    about: the groundings overlap the circled regions (ground truth from the pointer log, not the detector)."""
     import subprocess
     import sys
 
@@ -199,10 +195,8 @@ def test_narratives_on_a_real_screencast_land_on_the_circled_region(tmp_path):
     video = CLIPS / "narrated-adwaita-32.mp4"
     spans = dwell_transcript(read_json(truth_path(video)), tmp_path / "talk.vtt")
     assert len(spans) >= 2
-    (tmp_path / "video.yaml").write_text("video:\n  analysis_fps: 10\n")
     r = subprocess.run([sys.executable, "-m", "pathkit.cli", "video", "narratives", str(video), "--transcript",
-                        str(tmp_path / "talk.vtt"), "--out", str(tmp_path / "nar"), "--preset",
-                        str(tmp_path / "video.yaml")], capture_output=True, text=True)
+                        str(tmp_path / "talk.vtt"), "--out", str(tmp_path / "nar")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     groundings = [g for row in read_jsonl(tmp_path / "nar" / "narratives.jsonl") for g in row["groundings"]]
     assert groundings
