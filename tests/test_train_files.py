@@ -274,17 +274,22 @@ def test_extra_closed_with_a_given_file_warns_and_is_an_error_when_set(tmp_path,
 # ------------------------------------------------------------------------------------------------ learning
 
 
+def _train_on_stain_set(recipe: str, stain_set: dict[str, Path], out: Path, override: str) -> dict:
+    """``pathkit train RECIPE --train-data`` on the stain set's files, as a user runs it; its summary.json."""
+    proc = subprocess.run([sys.executable, "-m", "pathkit.cli", "train", recipe, "--preset", "tiny",
+                           "--train-data", str(stain_set["train"]), "--image-folder", str(stain_set["images"]),
+                           "--eval-questions", str(stain_set["questions"]), "--out", str(out), "--no-progress",
+                           "--set", override],
+                          capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
 @pytest.mark.slow
 def test_quilt_llava_tiny_learns_a_two_stain_set_it_never_saw(tmp_path, stain_set):
     """Done means: a LLaVA JSON + image folder pathkit never wrote; held-out yes/no >= 0.9 (chance 0.5)."""
     out = tmp_path / "quilt"
-    proc = subprocess.run([sys.executable, "-m", "pathkit.cli", "train", "quilt_llava", "--preset", "tiny",
-                           "--train-data", str(stain_set["train"]), "--image-folder", str(stain_set["images"]),
-                           "--eval-questions", str(stain_set["questions"]), "--out", str(out), "--no-progress",
-                           "--set", "instruct.epochs=15"],
-                          capture_output=True, text=True, env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = _train_on_stain_set("quilt_llava", stain_set, out, "instruct.epochs=15")
     assert summary["n_yes_no"] == 16
     assert summary["yes_no_accuracy"] >= 0.9, summary
     answers = [json.loads(line) for line in (out / "eval" / "answers.jsonl").read_text().splitlines()]
@@ -300,13 +305,7 @@ def test_every_patch_recipe_trains_every_stage_on_files_it_never_saw(tmp_path, s
     from pathkit.train.recipes import get_recipe
 
     out = tmp_path / recipe
-    proc = subprocess.run([sys.executable, "-m", "pathkit.cli", "train", recipe, "--preset", "tiny",
-                           "--train-data", str(stain_set["train"]), "--image-folder", str(stain_set["images"]),
-                           "--eval-questions", str(stain_set["questions"]), "--out", str(out), "--no-progress",
-                           "--set", "*.epochs=1"],
-                          capture_output=True, text=True, env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = _train_on_stain_set(recipe, stain_set, out, "*.epochs=1")
     stages = [s.name for s in get_recipe(recipe, "tiny").stages]
     assert list(summary["stages"]) == stages
     for name in stages:
