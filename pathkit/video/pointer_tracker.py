@@ -101,6 +101,7 @@ class PointerTracker:
         x0, y0, x1, y1 = roi
         prob, xy = heatmap(self.net, rgb[y0:y1, x0:x1])
         best = None
+        snapped = {}  # (x, y) -> pathkit's art matched there (or None): matched once per candidate and frame
         seen = self._last or (self._lost if self._lost_for <= self.reacquire else None)
         for score, x, y in peaks(prob, xy, min(self.track_threshold, self.detect_threshold), k=5):
             x, y = x + x0, y + y0
@@ -119,8 +120,10 @@ class PointerTracker:
                 need = self.detect_threshold if self._arrived(prev_rgb, x, y, score) else self.static_threshold
             else:
                 need = self.static_threshold
-            if self.detect_threshold <= score < need and self._snap(grey, x, y) is not None:
-                need = self.detect_threshold  # pathkit's own pointer art, matched to the pixel: no look-alike
+            if self.detect_threshold <= score < need:
+                snapped[x, y] = self._snap(grey, x, y)
+                if snapped[x, y] is not None:
+                    need = self.detect_threshold  # pathkit's own pointer art, matched to the pixel: no look-alike
             if score >= need and (best is None or score - need > best[2] - best[3]):
                 best = (x, y, score, need)
         if best is None:
@@ -129,7 +132,7 @@ class PointerTracker:
             self._lost_for += 1
             self._last = None
         else:
-            exact = self._snap(grey, best[0], best[1])
+            exact = snapped[best[:2]] if best[:2] in snapped else self._snap(grey, best[0], best[1])
             x, y = exact or (best[0] + self.hotspot_offset[0], best[1] + self.hotspot_offset[1])
             jump = np.inf if self._last is None else np.hypot(x - self._last[0], y - self._last[1])
             if jump > self.near:  # found (again, or elsewhere): not yet seen to move
