@@ -11,6 +11,10 @@ Frame-to-frame differencing (:mod:`pathkit.video.chunks`) misses what real lectu
   transition (recursively, so a pan followed by a hold is cut right). "Looks like" is two tests: few pixels
   changed clearly, and the frame has not begun to blend towards the other end (:func:`blend_fraction`: the
   first third of a slow fade between similar views changes every pixel, but each by less than the threshold);
+* **the start of an eased transition**: an eased pan or zoom barely moves in its first few tenths of a second
+  and a crossfade between similar views changes every pixel by less than the threshold at first, so the pair
+  that crosses it comes up to half a second late; the frames at a chunk's end that already differ faintly,
+  frame-wide, from its middle are cut off (:func:`transition_onset`);
 * **blank frames** (black or uniform screens between sections): a chunk whose frames are mostly blank is no
   chunk of content and is dropped.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pathkit.video.frame_difference import Chunk, cursor_masked_difference, is_blank
+from pathkit.video.frame_difference import Chunk, cursor_masked_difference, is_blank, spread_change
 
 # Lazy imports: cv2 (OpenCV, ~0.3 s). They load inside the functions that need them, not when this module is
 # imported.
@@ -105,6 +109,35 @@ def split_drifting(i0: int, i1: int, small: list[np.ndarray], threshold: float, 
     return out
 
 
+def transition_onset(i0: int, i1: int, small: list[np.ndarray], mask: np.ndarray | None,
+                     min_spread: float = 0.05) -> int:
+    """The last frame of the still run ``i0..i1`` before the transition that follows it began.
+
+    Frames at the run's end whose faint, frame-wide change from the run's middle frame
+    (:func:`pathkit.video.frame_difference.spread_change`) is more than twice that of any frame of the run's
+    middle half (its noise), and more than ``min_spread`` of the frame, are the transition's start. (A large
+    pointer at two places, joined into one blob, can cover up to twice the pointer blob size, 2 %: hence 5 %.)
+    Frames before the middle are never cut.
+    """
+    n = i1 - i0 + 1
+    if n < 5:
+        return i1
+    keep = None if mask is None else mask == 0
+
+    def spread(i: int, j: int) -> float:
+        a, b = small[i], small[j]
+        if keep is not None:
+            a, b = np.where(keep, a, 0).astype(a.dtype), np.where(keep, b, 0).astype(b.dtype)
+        return spread_change(a, b)
+
+    mid = i0 + n // 2
+    noise = max(spread(mid, i) for i in range(i0 + n // 4, i0 + (3 * n) // 4 + 1))
+    level = max(min_spread, 2 * noise)
+    while i1 > mid and spread(mid, i1) > level:
+        i1 -= 1
+    return i1
+
+
 def refine_chunks(times: np.ndarray, signal: np.ndarray, small: list[np.ndarray], blank: list[bool],
                   threshold_fn, step: float, min_seconds: float, duration: float | None,
                   pixel_threshold: float = 12.0, blob_fraction: float = 0.02) -> tuple[list[Chunk], np.ndarray, float, dict]:
@@ -128,6 +161,8 @@ def refine_chunks(times: np.ndarray, signal: np.ndarray, small: list[np.ndarray]
     chunks = []
     for a, b in runs:
         for p, q in split_drifting(a, b, small, thr, mask, pixel_threshold, blob_fraction):
+            if q < len(times) - 1:  # a transition follows: end the chunk where it began
+                q = transition_onset(p, q, small, mask)
             if np.mean(blank[p:q + 1]) > 0.5:
                 continue
             start, end = float(times[p]), min(float(times[q]) + step, end_cap)

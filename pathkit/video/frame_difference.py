@@ -51,16 +51,43 @@ def cursor_masked_difference(prev: np.ndarray, cur: np.ndarray, pixel_threshold:
     if n_changed < blob_fraction * diff.size and max(bw, bh) + 4 <= max_blob_extent * W:
         return 0.0  # one small compact change (the usual case: the pointer moved a little)
     total = float(diff.sum(dtype=np.float64))
+    n, labels, _, small = _pointer_blobs(changed, blob_fraction, max_blob_extent)
+    if small is not None and small.any():
+        per_label = np.bincount(labels.ravel(), weights=diff.ravel(), minlength=n)
+        total -= float(per_label[1:][small].sum())
+    return max(0.0, total) / diff.size
+
+
+def _pointer_blobs(changed: np.ndarray, blob_fraction: float, max_blob_extent: float):
+    """Connected blobs of a 0/1 change map (changes a few pixels apart joined) and which are small and compact
+    (the pointer's): ``(n_labels, labels, area, small)``, ``area`` (changed pixels) and ``small`` per blob 1..n-1,
+    both None when there is no blob."""
+    import cv2
+
     joined = cv2.dilate(changed, np.ones((5, 5), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
-    if n > 1:
-        area = np.bincount(labels.ravel(), weights=changed.ravel().astype(np.float64), minlength=n)[1:]
-        extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
-        small = (area < blob_fraction * diff.size) & (extent <= max_blob_extent * W)
-        if small.any():
-            per_label = np.bincount(labels.ravel(), weights=diff.ravel(), minlength=n)
-            total -= float(per_label[1:][small].sum())
-    return max(0.0, total) / diff.size
+    if n <= 1:
+        return n, labels, None, None
+    area = np.bincount(labels.ravel(), weights=changed.ravel().astype(np.float64), minlength=n)[1:]
+    extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+    return n, labels, area, (area < blob_fraction * changed.size) & (extent <= max_blob_extent * changed.shape[1])
+
+
+def spread_change(a: np.ndarray, b: np.ndarray, pixel_threshold: float = 2.0, blob_fraction: float = 0.02,
+                  max_blob_extent: float = 0.2) -> float:
+    """Share of the frame that changed by more than ``pixel_threshold`` grey levels from ``a`` to ``b``, small
+    compact blobs (the pointer) left out: the faint, frame-wide change that starts an eased pan, zoom or fade
+    long before any one pixel passes the differencing threshold."""
+    import cv2
+
+    changed = (cv2.absdiff(a, b) > pixel_threshold).view(np.uint8)
+    n_changed = cv2.countNonZero(changed)
+    if n_changed == 0 or n_changed > 0.5 * changed.size:
+        return n_changed / changed.size
+    _, _, area, small = _pointer_blobs(changed, blob_fraction, max_blob_extent)
+    if small is not None:
+        n_changed -= float(area[small].sum())
+    return max(0.0, n_changed) / changed.size
 
 
 def is_blank(grey: np.ndarray, keep: np.ndarray | None = None, blank_std: float = 8.0) -> bool:
