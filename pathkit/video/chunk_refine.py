@@ -131,6 +131,8 @@ def transition_onset(i0: int, i1: int, small: list[np.ndarray], mask: np.ndarray
         return spread_change(a, b)
 
     mid = i0 + n // 2
+    if spread(mid, i1) <= min_spread:  # the usual case: the run's last frame still shows its view
+        return i1
     noise = max(spread(mid, i) for i in range(i0 + n // 4, i0 + (3 * n) // 4 + 1))
     level = max(min_spread, 2 * noise)
     while i1 > mid and spread(mid, i1) > level:
