@@ -109,7 +109,7 @@ def split_drifting(i0: int, i1: int, small: list[np.ndarray], threshold: float, 
     return out
 
 
-def transition_onset(i0: int, i1: int, small: list[np.ndarray], mask: np.ndarray | None,
+def transition_onset(i0: int, i1: int, small: list[np.ndarray], mask: np.ndarray | None, max_cut: int = 3,
                      min_spread: float = 0.05) -> int:
     """The last frame of the still run ``i0..i1`` before the transition that follows it began.
 
@@ -117,7 +117,9 @@ def transition_onset(i0: int, i1: int, small: list[np.ndarray], mask: np.ndarray
     (:func:`pathkit.video.frame_difference.spread_change`) is more than twice that of any frame of the run's
     middle half (its noise), and more than ``min_spread`` of the frame, are the transition's start. (A large
     pointer at two places, joined into one blob, can cover up to twice the pointer blob size, 2 %: hence 5 %.)
-    Frames before the middle are never cut.
+    At most ``max_cut`` frames are cut, never one before the middle: a transition's faint start is short (the
+    family's eased moves and fades: 0.15-0.4 s), while a view that drifts slowly all along (a camera's exposure)
+    must not lose more.
     """
     n = i1 - i0 + 1
     if n < 5:
@@ -135,15 +137,18 @@ def transition_onset(i0: int, i1: int, small: list[np.ndarray], mask: np.ndarray
         return i1
     noise = max(spread(mid, i) for i in range(i0 + n // 4, i0 + (3 * n) // 4 + 1))
     level = max(min_spread, 2 * noise)
-    while i1 > mid and spread(mid, i1) > level:
+    last = i1
+    while i1 > max(mid, last - max_cut) and spread(mid, i1) > level:
         i1 -= 1
     return i1
 
 
 def refine_chunks(times: np.ndarray, signal: np.ndarray, small: list[np.ndarray], blank: list[bool],
                   threshold_fn, step: float, min_seconds: float, duration: float | None,
-                  pixel_threshold: float = 12.0, blob_fraction: float = 0.02) -> tuple[list[Chunk], np.ndarray, float, dict]:
-    """Chunks after masking persistent motion, splitting slow transitions and dropping blank spans.
+                  pixel_threshold: float = 12.0, blob_fraction: float = 0.02,
+                  max_onset_seconds: float = 0.6) -> tuple[list[Chunk], np.ndarray, float, dict]:
+    """Chunks after masking persistent motion, splitting slow transitions, ending chunks where the transition
+    after them began (at most ``max_onset_seconds`` earlier) and dropping blank spans.
 
     ``threshold_fn(signal)`` is the adaptive threshold. Returns ``(chunks, signal, threshold, extras)``.
     """
@@ -164,7 +169,7 @@ def refine_chunks(times: np.ndarray, signal: np.ndarray, small: list[np.ndarray]
     for a, b in runs:
         for p, q in split_drifting(a, b, small, thr, mask, pixel_threshold, blob_fraction):
             if q < len(times) - 1:  # a transition follows: end the chunk where it began
-                q = transition_onset(p, q, small, mask)
+                q = transition_onset(p, q, small, mask, max(1, int(round(max_onset_seconds / step))))
             if np.mean(blank[p:q + 1]) > 0.5:
                 continue
             start, end = float(times[p]), min(float(times[q]) + step, end_cap)
