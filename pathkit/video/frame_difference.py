@@ -118,9 +118,9 @@ def is_blank(grey: np.ndarray, keep: np.ndarray | None = None, blank_std: float 
     # most frames of content are told in two cheap passes: in a blank frame the grey's variance is at most
     # 0.97 * blank_std^2 + 0.03 * (max - min)^2 (its spread around the median, which bounds it, when 97 % lie
     # within blank_std of the median and the rest within max - min)
-    lo, hi = cv2.minMaxLoc(px)[:2]
+    darkest, brightest = cv2.minMaxLoc(px)[:2]
     var = float(cv2.meanStdDev(px)[1][0, 0]) ** 2
-    if var > 1.0001 * max(blank_std ** 2, 0.97 * blank_std ** 2 + 0.03 * (hi - lo) ** 2) + 1e-6:
+    if var > 1.0001 * max(blank_std ** 2, 0.97 * blank_std ** 2 + 0.03 * (brightest - darkest) ** 2) + 1e-6:
         return False
     # one pass (OpenCV's histogram: faster than np.bincount): the median and the share near it
     hist = cv2.calcHist([np.ascontiguousarray(px)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
