@@ -147,16 +147,16 @@ def test_detector_finds_heldout_theme_pointers(tracked):
         xy, amb = pointer_truth(truth, times)
         s = pointer_scores(xy, amb, det)
         pooled.append(s)
-        # the issue asks 0.95; measured (third detector) 0.73 (the 20 px magenta arrow; the second detector
-        # had 0.82) and 0.95 to 1.0 on the others: see figures/screencast_benchmark.json for the full family
-        assert s["visible_frames"] >= 40 and s["recall"] >= 0.7, (name, s)
+        # the issue asks 0.95; measured (fourth detector) 0.855 (the 20 px magenta arrow; the third detector
+        # had 0.73) and 0.96 to 1.0 on the others: see figures/screencast_benchmark.json for the full family
+        assert s["visible_frames"] >= 40 and s["recall"] >= 0.8, (name, s)
         assert s["median_error_px"] <= 3.0, (name, s)
     visible = sum(s["visible_frames"] for s in pooled)
     found = sum(s["recall"] * s["visible_frames"] for s in pooled)
-    assert found >= 0.92 * visible, (found, visible)  # measured 0.93 (second detector: 0.90)
+    assert found >= 0.95 * visible, (found, visible)  # measured 0.961 (third detector: 0.933)
     hidden = sum(s["hidden_frames"] for s in pooled)
     false = sum(s["false_detection_rate"] * s["hidden_frames"] for s in pooled)
-    assert hidden >= 20 and false <= 0.02 * hidden, (hidden, false)
+    assert hidden >= 20 and false <= 0.02 * hidden, (hidden, false)  # measured 1 of 256 frames
 
 
 def test_chunks_on_real_screencasts():

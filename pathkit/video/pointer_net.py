@@ -1,4 +1,4 @@
-"""A small fully convolutional pointer detector: RGB frame in, hotspot heatmap out (stride 4, ~95k weights).
+"""A small fully convolutional pointer detector: RGB frame in, hotspot heatmap out (stride 4, ~115k weights).
 
 Trained only on pathkit's procedural pointer drawings (:mod:`pathkit.video.pointer_renders`), never on a real
 cursor theme, so real themes measure generalisation. Two paths: a stride-4 path sees edges and corners
@@ -6,7 +6,7 @@ cursor theme, so real themes measure generalisation. Two paths: a stride-4 path 
 as a whole, or the text around a look-alike corner); the head joins them. Per output cell: the logit that
 the hotspot falls in that 4 x 4 pixel cell and the hotspot's offset inside it.
 
-The weights ship with the package (``weights/pointer_net.safetensors``, float16, ~130 KB) and are rebuilt by
+The weights ship with the package (``weights/pointer_net.safetensors``, float16, ~230 KB) and are rebuilt by
 ``python -m pathkit.video.pointer_train``.
 """
 
@@ -28,16 +28,21 @@ STRIDE = 4
 WEIGHTS = Path(__file__).with_name("weights") / "pointer_net.safetensors"
 
 
+WIDTHS = (16, 24, 40, 64, 48)  # channels: the two fine stages, the stride-4 features, the coarse path, the head
+
+
 class PointerNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
 
         def conv(i: int, o: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(i, o, 3, stride, dilation, dilation), nn.ReLU(inplace=True))
 
-        self.fine = nn.Sequential(conv(3, 12, 2), conv(12, 16, 2), conv(16, 32))
-        self.coarse = nn.Sequential(conv(32, 48, 2), conv(48, 48, dilation=2), conv(48, 48, dilation=4))
-        self.head = nn.Sequential(nn.Conv2d(80, 32, 1), nn.ReLU(inplace=True), nn.Conv2d(32, 3, 1))
+        a, b, f, c, h = widths
+        self.widths = tuple(widths)
+        self.fine = nn.Sequential(conv(3, a, 2), conv(a, b, 2), conv(b, f))
+        self.coarse = nn.Sequential(conv(f, c, 2), conv(c, c, dilation=2), conv(c, c, dilation=4))
+        self.head = nn.Sequential(nn.Conv2d(f + c, h, 1), nn.ReLU(inplace=True), nn.Conv2d(h, 3, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 3, H, W) float in [-0.5, 0.5], H and W multiples of 8 -> (B, 3, H/4, W/4): logit, dx, dy."""
@@ -48,13 +53,16 @@ class PointerNet(nn.Module):
 
 @lru_cache(maxsize=1)
 def load_pointer_net(path: str | None = None) -> PointerNet:
-    """The shipped (or given) weights, in float32, eval mode."""
+    """The shipped (or given) weights, in float32, eval mode (the channel widths are read from the file)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     p = Path(path) if path else WEIGHTS
     if not p.exists():
         raise PathkitError(f"{p}: pointer detector weights missing (rebuild: python -m pathkit.video.pointer_train)")
-    net = PointerNet()
+    with safe_open(str(p), "pt") as f:
+        widths = (f.metadata() or {}).get("widths")
+    net = PointerNet(tuple(int(w) for w in widths.split(",")) if widths else (12, 16, 32, 48, 32))
     net.load_state_dict({k: v.float() for k, v in load_file(str(p)).items()})
     return net.eval()
 

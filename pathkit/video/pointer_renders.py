@@ -33,6 +33,7 @@ from pathkit.video.cursor_shapes import SHAPES, resized_shape
 # functions that need them, not when this module is imported.
 
 SS = 4  # supersampling of the drawing (anti-aliased edges after the area downscale)
+CREASE = 128  # a body mask's value on lines drawn in the outline's colour (between a hand's fingers)
 
 
 def _arrow_polygon(rng: np.random.Generator) -> np.ndarray:
@@ -110,15 +111,19 @@ def _draw_hand(rng: np.random.Generator, height: float, canvas: int) -> tuple[np
     for cx, cy in ((palm_left + r, palm_top + r), (palm_right - r, palm_top + r),
                    (palm_left + r, palm_bottom - r), (palm_right - r, palm_bottom - r)):
         cv2.circle(mask, (int(cx), int(cy)), r, 255, -1)
+    creases = np.zeros_like(mask)  # lines between the fingers, drawn in the outline's colour by real themes
     if rng.random() < 0.85:  # the curled fingers: rounded stubs right of the index finger, rising above the palm
         n = int(rng.choice([2, 3, 3, 3]))
         kw = (palm_right - (x0 + fw)) / n
+        lw = max(1, int(round(u * rng.uniform(0.03, 0.06))))
         for i in range(n):
             kx0 = x0 + fw + kw * i + kw * 0.05
             top = palm_top - u * rng.uniform(0.0, 0.15) + i * u * rng.uniform(0.0, 0.04)
             rr = max(1, int(kw * 0.45))
             cv2.rectangle(mask, (int(kx0), int(top + rr)), (int(kx0 + kw * 0.9), int(palm_top + r)), 255, -1)
             cv2.circle(mask, (int(kx0 + kw * 0.45), int(top + rr)), rr, 255, -1)
+            cv2.line(creases, (int(kx0), int(top + rr)), (int(kx0), int(palm_top + (palm_bottom - palm_top) * 0.4)),
+                     255, lw)
     if rng.random() < 0.6:  # the thumb, a bulge out to the lower left
         cv2.ellipse(mask, (int(palm_left), int(palm_top + u * rng.uniform(0.12, 0.3))),
                     (int(u * rng.uniform(0.08, 0.18)), int(u * rng.uniform(0.05, 0.1))),
@@ -127,6 +132,8 @@ def _draw_hand(rng: np.random.Generator, height: float, canvas: int) -> tuple[np
     a = rng.uniform(-12, 12) if r < 0.75 else rng.uniform(-60, 20) if r < 0.92 else rng.uniform(-180, 180)
     m = cv2.getRotationMatrix2D((float(tip[0]), float(tip[1])), a, 1.0)
     mask = cv2.warpAffine(mask, m, mask.shape[::-1], flags=cv2.INTER_NEAREST)
+    if rng.random() < 0.6:
+        mask[cv2.warpAffine(creases, m, mask.shape[::-1], flags=cv2.INTER_NEAREST) > 0] = CREASE
     if rng.random() < 0.25:  # a left hand (thumb on the right)
         mask = np.ascontiguousarray(mask[:, ::-1])
         return mask, (float(mask.shape[1] - 1 - tip[0]), float(tip[1]))
@@ -145,16 +152,19 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     kind = "hand" if rng.random() < 0.4 else "arrow"
     body, (tx, ty) = (_draw_hand if kind == "hand" else _draw_arrow)(rng, height, canvas)
     style = rng.random()
-    if style < 0.38:
+    coloured = style >= 0.64
+    if style < 0.32:
         fill, outline = np.full(3, rng.uniform(225, 255)), np.full(3, rng.uniform(0, 40))
-    elif style < 0.76:
+    elif not coloured:
         fill, outline = np.full(3, rng.uniform(0, 40)), np.full(3, rng.uniform(215, 255))
     else:
         fill = _random_colour(rng)
-        outline = np.full(3, 0.0 if fill.mean() > 110 or rng.random() < 0.4 else 255.0)
-    # outline: 0 to 3 px of the final pointer (1 px of a pointer ~20 px tall is 1/20 of its height); themes
-    # without one are rare (a coloured fill with a drop shadow), a look-alike dark blob in tissue is common
-    width_px = int(rng.choice([0, 1, 1, 1, 2, 2, 3])) if style >= 0.9 else int(rng.choice([1, 1, 1, 1, 2, 2, 3, 4]))
+        o = rng.random()  # black, white, a darker shade of the fill
+        outline = np.full(3, 0.0) if o < 0.5 else np.full(3, 255.0) if o < 0.8 else fill * rng.uniform(0.2, 0.6)
+    # outline: 0 to 4 px of the final pointer (1 px of a pointer ~20 px tall is 1/20 of its height); a coloured
+    # fill may have none (or one that matches the background: the pasted pointer then shows its fill alone),
+    # while a look-alike dark blob in tissue is common
+    width_px = int(rng.choice([0, 0, 1, 1, 1, 2, 2, 3])) if coloured else int(rng.choice([1, 1, 1, 1, 2, 2, 3, 4]))
     k = max(1, int(round(width_px * SS * max(1.0, height / 24) * rng.uniform(0.7, 1.2))))
     outer = cv2.dilate(body, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) if width_px else body
     double = width_px and rng.random() < 0.2  # comic themes: a thick contrasting outline inside a thin outer line
@@ -175,7 +185,7 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     rgb[outer > 0] = outline
     if double:
         rgb[ring_only] = fill if rng.random() < 0.7 else 255.0 - outline
-    inside = body > 0
+    inside = body == 255
     if rng.random() < 0.35:  # a gradient across the fill (glassy themes), in any direction
         d = rng.normal(size=2)
         d /= np.linalg.norm(d) + 1e-6
@@ -189,6 +199,7 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     if width_px and rng.random() < 0.2:  # an inner rim of a third tone (glass and 3-D themes)
         rim = inside & ~(cv2.erode(body, np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0)
         rgb[rim] = rng.uniform(0, 255, 3)
+    rgb[body == CREASE] = outline
     alpha = (outer > 0).astype(np.float32)
     if rng.random() < 0.15:  # translucent fill
         alpha[inside] = rng.uniform(0.55, 0.9)
@@ -198,10 +209,10 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     alpha = cv2.resize(alpha, (canvas, canvas), interpolation=interp)
     rgb = rgb / np.maximum(alpha, 1e-4)[..., None]
     if rng.random() < 0.4:  # drop shadow: a blurred, offset, dark copy under the pointer
-        off = rng.uniform(1, 4, 2) * max(1.0, height / 32)
+        off = rng.uniform(0, 4, 2) * max(1.0, height / 32)
         m = np.float32([[1, 0, off[0]], [0, 1, off[1]]])
         shadow = cv2.warpAffine(alpha, m, (canvas, canvas))
-        shadow = cv2.GaussianBlur(shadow, (0, 0), rng.uniform(0.8, 2.5)) * rng.uniform(0.25, 0.6)
+        shadow = cv2.GaussianBlur(shadow, (0, 0), rng.uniform(0.8, 2.5) * max(1.0, height / 40)) * rng.uniform(0.25, 0.7)
         shadow_rgb = np.zeros_like(rgb)
         a_total = alpha + shadow * (1 - alpha)
         rgb = (rgb * alpha[..., None] + shadow_rgb * (shadow * (1 - alpha))[..., None]) / np.maximum(a_total, 1e-4)[..., None]
@@ -314,7 +325,7 @@ class RenderPools:
     backgrounds: list[np.ndarray]  # RGB, square, at least 2.5x the patch size (the largest downscale)
 
     @staticmethod
-    def build(rng: np.random.Generator, n_sprites: int = 1500, n_backgrounds: int = 600, size: int = 96
+    def build(rng: np.random.Generator, n_sprites: int = 4000, n_backgrounds: int = 600, size: int = 96
               ) -> RenderPools:
         sprites = []
         for _ in range(n_sprites):

@@ -7,11 +7,17 @@ and how sure, it must be:
   anywhere and no pointer was seen: none appeared;
 * **some pixels changed** (the pointer moved, a small part of the view changed): the detector runs only on the
   changed area and around the last position; a candidate near the last position needs ``track_threshold``,
-  one on changed pixels ``detect_threshold``, one on still pixels (a look-alike in the tissue that the
-  change merely came near) ``static_threshold``;
-* **no motion evidence** (first frame, cut, crossfade, pan; or every ``recheck`` frames): the whole frame is
-  searched and a new pointer needs ``static_threshold``; so does a tracked one that has never moved since it
-  was found (a look-alike in the content, taken for the pointer as the real one left, never moves);
+  one on changed pixels ``detect_threshold`` (``moving_threshold`` if it was on changed pixels a few pixels
+  off a frame before too: something moving by itself, outside a webcam-like busy area), one on still pixels
+  (a look-alike in the tissue that the change merely came near) ``static_threshold``;
+* **no motion evidence** (first frame, cut, crossfade, pan; or every ``recheck`` frames, ``recheck_lost``
+  while no pointer is tracked): the whole frame is searched and a new pointer needs ``static_threshold``; so
+  does a tracked one that has never moved since it was found (a look-alike in the content, taken for the
+  pointer as the real one left, never moves);
+* **a pending candidate**: the best still candidate above ``pending_threshold`` of such a search, while no
+  pointer is tracked, is held; if it later moves off by itself it was the pointer all along, and the frames
+  since it was found are reported late (``backfill``, merged by :func:`track_pointer`); anything changing
+  where it stands drops it (what is reported back stood still the whole time);
 * **pathkit's own pointer art** (its synthetic lectures) matched at ``snap_threshold`` around the detection
   gives the exact hotspot (and such a candidate needs only ``detect_threshold``); any other pointer gets the
   network's hotspot plus ``hotspot_offset``.
@@ -40,9 +46,13 @@ class PointerTracker:
     net: PointerNet = field(default_factory=load_pointer_net)
     detect_threshold: float = 0.5
     # third detector: 0.65 on dev/heldout/fresh (0.75 lost small and glassy pointers that scored 0.5-0.75; 0.55
-    # tripled the false detections with the second detector)
+    # tripled the false detections with the second detector); kept for the fourth, whose misses on the seen
+    # splits were still pointers scored 0.4-0.65: the pending rule below takes most of them
     static_threshold: float = 0.65
     track_threshold: float = 0.3
+    # a candidate seen on changed pixels in two frames running, a few pixels apart (an object moving by itself,
+    # as no content does between two still frames), needs only this
+    moving_threshold: float = 0.35
     # themes put the hotspot a pixel or two inside the drawn tip, the renders on it: measured on the dev clips
     hotspot_offset: tuple[float, float] = (1.0, 2.0)
     motion_threshold: float = 14.0  # grey levels: less is compression noise
@@ -56,6 +66,11 @@ class PointerTracker:
     # pathkit's own pointer art (its synthetic lectures) matched this well near the detection: its exact hotspot
     snap_threshold: float = 0.9
     snap_radius: int = 4
+    # a still candidate below static_threshold, found while no pointer is tracked, is held as pending; it is
+    # the pointer (reported back to when it was found: ``backfill``) once it moves off by itself; anything
+    # changing where it is drops it
+    pending_threshold: float = 0.4
+    recheck_lost: int = 8  # frames between full searches while no pointer is tracked
 
     def __post_init__(self) -> None:
         self._prev: np.ndarray | None = None
@@ -66,6 +81,12 @@ class PointerTracker:
         self._lost_for = 0
         self._since_full = 0
         self._templates: tuple[int, list] | None = None  # (frame height, pathkit's art at that height's scales)
+        self._moving: list[tuple[float, float]] = []  # candidates on changed pixels in the previous frame
+        self._frame = -1
+        self._busy = np.zeros(0, np.float32)  # per 8 x 8 cell: how often it changed lately (decaying average)
+        # (x, y, score, first frame) of a still candidate not yet known to be the pointer
+        self._pending: tuple[float, float, float, int] | None = None
+        self.backfill: list[tuple[int, float, float, float]] = []  # (frame, x, y, score): found late; drained by the caller
 
     def _motion(self, grey: np.ndarray) -> np.ndarray | None:
         import cv2
@@ -74,7 +95,18 @@ class PointerTracker:
         if prev is None or prev.shape != grey.shape:
             return None
         changed = (cv2.absdiff(prev, grey) > self.motion_threshold).view(np.uint8)
-        return None if changed.mean() > self.max_motion_fraction else changed
+        if changed.mean() > self.max_motion_fraction:
+            return None
+        small = cv2.resize(changed, (grey.shape[1] // 8, grey.shape[0] // 8), interpolation=cv2.INTER_AREA) > 0
+        self._busy = small * 0.1 + (0.9 * self._busy if self._busy.shape == small.shape else 0.0)
+        return changed
+
+    def _is_busy(self, x: float, y: float) -> bool:
+        """Whether (x, y) changed in most recent frames (a webcam box: a face there moves by itself too)."""
+        if self._busy.ndim < 2:
+            return False
+        j, i = min(int(x) // 8, self._busy.shape[1] - 1), min(int(y) // 8, self._busy.shape[0] - 1)
+        return float(self._busy[max(0, i - 2):i + 3, max(0, j - 2):j + 3].max()) > 0.5
 
     def update(self, frame: np.ndarray) -> tuple[float, float, float] | None:
         """Detect in one frame (RGB, or grey); returns ``(x, y, score)`` or None."""
@@ -84,9 +116,17 @@ class PointerTracker:
         grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         motion = self._motion(grey)
         prev_rgb, self._prev_rgb = self._prev_rgb, rgb
+        moving, self._moving = self._moving, []
         H, W = grey.shape
+        self._frame += 1
         self._since_full += 1
-        if motion is not None and self._since_full < self.recheck:
+        if self._pending is not None:
+            px, py = self._pending[:2]
+            bx0, by0, bx1, by1 = self._box(px, py, 0, W, H)
+            if motion is not None and motion[by0:by1, bx0:bx1].any():
+                moving.append((px, py))  # it may be leaving: a candidate moving off from it is the pointer
+        recheck = self.recheck if self._last is not None else self.recheck_lost
+        if motion is not None and self._since_full < recheck:
             if self._last is not None:
                 x, y, _ = self._last
                 x0, y0, x1, y1 = self._box(x, y, 8, W, H)
@@ -103,10 +143,13 @@ class PointerTracker:
         best = None
         snapped = {}  # (x, y) -> pathkit's art matched there (or None): matched once per candidate and frame
         seen = self._last or (self._lost if self._lost_for <= self.reacquire else None)
-        for score, x, y in peaks(prob, xy, min(self.track_threshold, self.detect_threshold), k=5):
-            x, y = x + x0, y + y0
-            if not (0 <= x < W and 0 <= y < H):
-                continue
+        low = min(self.track_threshold, self.detect_threshold, self.moving_threshold)
+        candidates = [(score, x + x0, y + y0) for score, x, y in peaks(prob, xy, low, k=5)
+                      if 0 <= x + x0 < W and 0 <= y + y0 < H]
+        for score, x, y in candidates:
+            on_changed = motion is not None and self._changed_near(motion, x, y)
+            if on_changed:
+                self._moving.append((x, y))
             dist = np.inf if seen is None else np.hypot(x - seen[0], y - seen[1])
             if self._last is not None and dist <= self.near and (self._moved or roi != (0, 0, W, H)):
                 need = self.track_threshold
@@ -115,9 +158,14 @@ class PointerTracker:
             elif ((self._last is not None and motion is None and dist <= self.window)  # moving through a pan/fade
                   or dist <= self.near):  # back where it was lost a moment ago
                 need = self.detect_threshold
-            elif motion is not None and self._changed_near(motion, x, y):  # moved onto changed pixels ...
-                # ... unless it was there a frame before (a look-alike next to a webcam box or the pointer's exit)
-                need = self.detect_threshold if self._arrived(prev_rgb, x, y, score) else self.static_threshold
+            elif on_changed:  # moved onto changed pixels ...
+                # ... unless it was there a frame before (a look-alike next to a webcam box or uncovered by the
+                # pointer's exit); seen on changed pixels a frame ago too, a little way off: moving by itself
+                arrived = self._arrived(prev_rgb, x, y, score)
+                was_moving = (any(2 < np.hypot(x - mx, y - my) <= self.near for mx, my in moving)
+                              and not self._is_busy(x, y))
+                need = (self.static_threshold if not arrived else self.moving_threshold if was_moving
+                        else self.detect_threshold)
             else:
                 need = self.static_threshold
             if self.detect_threshold <= score < need:
@@ -126,11 +174,29 @@ class PointerTracker:
                     need = self.detect_threshold  # pathkit's own pointer art, matched to the pixel: no look-alike
             if score >= need and (best is None or score - need > best[2] - best[3]):
                 best = (x, y, score, need)
+        pending = self._pending
+        if pending is not None:
+            pbox = self._box(pending[0], pending[1], 0, W, H)
+            changed_here = motion is None or motion[pbox[1]:pbox[3], pbox[0]:pbox[2]].any()
+            if best is not None and np.hypot(best[0] - pending[0], best[1] - pending[1]) <= self.near:
+                # the pointer: it was there since the pending candidate was found
+                self.backfill.extend((f, pending[0] + self.hotspot_offset[0], pending[1] + self.hotspot_offset[1],
+                                      pending[2]) for f in range(pending[3], self._frame))
+                self._pending = None
+            elif best is not None or changed_here:
+                # the pointer is elsewhere, or something changed where it is: it may have gone (what is
+                # reported back must have stood still since it was found)
+                self._pending = None
         if best is None:
             if self._last is not None:
                 self._lost, self._lost_for = self._last, 0
             self._lost_for += 1
             self._last = None
+            if self._pending is None and roi == (0, 0, W, H):
+                still = [c for c in candidates if c[0] >= self.pending_threshold
+                         and not (motion is not None and self._changed_near(motion, c[1], c[2]))]
+                if still:
+                    self._pending = (still[0][1], still[0][2], still[0][0], self._frame)
         else:
             exact = snapped[best[:2]] if best[:2] in snapped else self._snap(grey, best[0], best[1])
             x, y = exact or (best[0] + self.hotspot_offset[0], best[1] + self.hotspot_offset[1])
@@ -201,10 +267,13 @@ def track_pointer(path: str | Path, fps: float | None = None, progress: bool = F
     if progress:
         frames = tqdm(frames, total=info.n_frames if not fps else int(info.duration * fps) + 1,
                       desc=f"pointer {Path(path).name}", unit="frame")
-    rows = []
-    for f in frames:
+    rows, times = {}, []
+    for i, f in enumerate(frames):
+        times.append(f.t)
         hit = tracker.update(f.image)
-        if hit is not None:
-            rows.append({"t": round(f.t, 4), "x": round(hit[0], 2), "y": round(hit[1], 2), "score": round(hit[2], 4),
-                         "shape": "pointer"})
-    return rows
+        found = [(i, *hit)] if hit is not None else []
+        for k, x, y, score in tracker.backfill + found:
+            rows[k] = {"t": round(times[k], 4), "x": round(x, 2), "y": round(y, 2), "score": round(score, 4),
+                       "shape": "pointer"}
+        tracker.backfill.clear()
+    return [rows[k] for k in sorted(rows)]

@@ -3,7 +3,7 @@
 CenterNet-style training: a Gaussian around the hotspot's cell as the heatmap target (penalty-reduced focal
 loss, so cells next to the hotspot are not punished as hard as far ones) and an L1 loss on the offset inside
 the hotspot's cell. Seeded: the same seed and step count rebuild the same weights (up to float rounding
-of the CPU kernels). About 12 minutes on one CPU core (6000 steps).
+of the CPU kernels). About 30 minutes on one CPU core (10000 steps at the default widths).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pathkit.io import atomic_path
-from pathkit.video.pointer_net import STRIDE, WEIGHTS, PointerNet
+from pathkit.video.pointer_net import STRIDE, WEIGHTS, WIDTHS, PointerNet
 from pathkit.video.pointer_renders import RenderPools, training_sample
 
 # Lazy imports: safetensors (the model stack, seconds to import). They load inside the functions that need
@@ -56,15 +56,15 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pos_loss + neg_loss) / max(1, int(pos.sum()))
 
 
-def train(steps: int = 6000, batch: int = 48, size: int = 96, seed: int = 0, lr: float = 2e-3,
-          log_every: int = 100) -> PointerNet:
+def train(steps: int = 10000, batch: int = 48, size: int = 96, seed: int = 0, lr: float = 2e-3,
+          log_every: int = 100, widths: tuple[int, ...] = WIDTHS) -> PointerNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t0 = time.time()
     pools = RenderPools.build(rng, size=size)
     print(f"render pools: {len(pools.sprites)} pointers, {len(pools.backgrounds)} backgrounds, {time.time() - t0:.0f}s",
           flush=True)
-    net = PointerNet()
+    net = PointerNet(widths)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     for step in range(1, steps + 1):
@@ -92,19 +92,21 @@ def save(net: PointerNet, path: str | Path = WEIGHTS) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as part:
-        save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(part))
+        save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(part),
+                  metadata={"widths": ",".join(str(w) for w in net.widths)})
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="channels: fine, fine, stride-4, coarse, head")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(WEIGHTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(__import__("os").environ.get("PATHKIT_TORCH_THREADS", "1")))
-    net = train(args.steps, args.batch, seed=args.seed)
+    net = train(args.steps, args.batch, seed=args.seed, widths=tuple(int(w) for w in args.widths.split(",")))
     print(save(net, args.out))
 
 
