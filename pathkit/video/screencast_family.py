@@ -16,7 +16,11 @@ to train it. Splits, for the tracker logic and thresholds around the network:
   committed and scored once: the second detector's acceptance measurement; its failures (small pointers after
   downscaling) were then looked at, so it is "seen" for the third detector;
 * ``accept2``: theme variants, colours, sizes and downscales no split used, recorded after the third detector's
-  weights were committed and scored once: the acceptance measurement.
+  weights were committed and scored once: the third detector's acceptance measurement; its misses (still
+  pointers the network scored 0.4-0.65, never taken for the pointer) were then looked at, so it is "seen" too;
+* ``accept3``: two theme families no split used (Ubuntu's Yaru, Paper), left-handed opaque comic pointers,
+  more theme variants, colours, sizes and downscales, recorded after the fourth detector's weights were
+  committed and scored once: the acceptance measurement.
 
 Each clip is a ~17 s lecture (:func:`pathkit.video.lecture_script.demo_lecture`, its own seed) recorded
 live by :func:`pathkit.video.screencast.record_screencast`, then delivered as x264 (CRF 28), optionally
@@ -51,18 +55,24 @@ LIME = "pathkit-lime"  # ComixCursors-White's with a lime fill (accept2 split)
 PINK = "pathkit-pink"  # Chameleon-White-Regular's with a pink fill (accept2)
 TEAL = "pathkit-teal"  # ComixCursors-Slim-White's with a teal fill (accept2)
 BROWN = "pathkit-brown"  # crystalgray's with a brown fill (accept2)
+OLIVE = "pathkit-olive"  # crystalwhiteleft's with an olive fill (accept3)
+CORAL = "pathkit-coral"  # Chameleon-White-Large's with a coral fill (accept3)
+NAVY = "pathkit-navy"  # ComixCursors-LH-Opaque-White's with a navy fill (accept3)
+VIOLET = "pathkit-violet"  # ComixCursors-LH-Opaque-Slim-White's with a violet fill (accept3)
 RECOLOURED = {YELLOW: ("DMZ-White", (255, 215, 0)), GREEN: ("whiteglass", (60, 200, 60)),
               MAGENTA: ("crystalwhite", (230, 40, 230)), CYAN: ("Bibata-Modern-Ice", (40, 220, 230)),
               ORANGE: ("oxy-white", (255, 140, 20)), LIME: ("ComixCursors-White", (150, 230, 30)),
               PINK: ("Chameleon-White-Regular", (255, 110, 180)), TEAL: ("ComixCursors-Slim-White", (0, 150, 140)),
-              BROWN: ("crystalgray", (150, 90, 40))}
+              BROWN: ("crystalgray", (150, 90, 40)), OLIVE: ("crystalwhiteleft", (128, 128, 0)),
+              CORAL: ("Chameleon-White-Large", (255, 110, 80)), NAVY: ("ComixCursors-LH-Opaque-White", (30, 40, 140)),
+              VIOLET: ("ComixCursors-LH-Opaque-Slim-White", (140, 60, 220))}
 
 
 @dataclass(frozen=True)
 class Clip:
     name: str
     style: PointerStyle
-    split: str  # "dev" | "heldout" | "fresh" | "accept" | "accept2"
+    split: str  # "dev" | "heldout" | "fresh" | "accept" | "accept2" | "accept3"
     capture: tuple[int, int] = (640, 360)
     scale: float = 1.0  # delivered size = capture * scale
     webcam: bool = False
@@ -128,6 +138,30 @@ FAMILY: tuple[Clip, ...] = (
     Clip("brown-36-720p-half", PointerStyle(BROWN, 36), "accept2", capture=(1280, 720), scale=0.5, seed=88),
     Clip("bibata-original-classic-44-900p-0.6", PointerStyle("Bibata-Original-Classic", 44), "accept2",
          capture=(1600, 900), scale=0.6, seed=89),
+    # "accept3": recorded after the fourth detector's weights were committed and scored once: two theme
+    # families no split used (Ubuntu's Yaru, Paper), left-handed opaque comic pointers (a Debian package no split
+    # used), theme variants (mint, purple, cherry, emerald chameleon and oxygen, original amber bibata), fill
+    # colours (olive, coral, navy, violet), sizes (16, 40, 64 px) and captures of 1280x720 at 0.75x and 0.5x and
+    # 1600x900 at 0.45x
+    Clip("yaru-24", PointerStyle("Yaru", 24), "accept3", seed=101),
+    Clip("yaru-48-hand", PointerStyle("Yaru", 48, "hand2"), "accept3", seed=102, webcam=True),
+    Clip("paper-32", PointerStyle("Paper", 32), "accept3", seed=103),
+    Clip("paper-24-hand-720p-0.75", PointerStyle("Paper", 24, "hand2"), "accept3", capture=(1280, 720), scale=0.75,
+         seed=104),
+    Clip("comix-lh-blue-40", PointerStyle("ComixCursors-LH-Opaque-Blue", 40), "accept3", seed=105),
+    Clip("comix-lh-slim-green-32-hand", PointerStyle("ComixCursors-LH-Opaque-Slim-Green", 32, "hand2"), "accept3",
+         seed=106),
+    Clip("chameleon-mint-16", PointerStyle("Chameleon-Mint-Small", 16), "accept3", seed=107),
+    Clip("chameleon-purple-32-hand", PointerStyle("Chameleon-Purple-Large", 32, "hand2"), "accept3", seed=108),
+    Clip("oxy-cherry-48-hand-720p-0.75", PointerStyle("oxy-cherry", 48, "hand2"), "accept3", capture=(1280, 720),
+         scale=0.75, seed=109),
+    Clip("oxy-emerald-24", PointerStyle("oxy-emerald", 24), "accept3", seed=110, webcam=True),
+    Clip("bibata-original-amber-64", PointerStyle("Bibata-Original-Amber", 64), "accept3", seed=111),
+    Clip("olive-32-720p-half", PointerStyle(OLIVE, 32), "accept3", capture=(1280, 720), scale=0.5, seed=112),
+    Clip("coral-32-hand-900p-0.45", PointerStyle(CORAL, 32, "hand2"), "accept3", capture=(1600, 900), scale=0.45,
+         seed=113),
+    Clip("navy-40", PointerStyle(NAVY, 40), "accept3", seed=114),
+    Clip("violet-40-hand", PointerStyle(VIOLET, 40, "hand2"), "accept3", seed=115),
 )
 
 
