@@ -59,6 +59,7 @@ class PointerTracker:
     max_motion_fraction: float = 0.05  # above this the view itself changed: motion says nothing
     recheck: int = 25  # frames between full searches while a pointer is tracked through still frames
     arrival_drop: float = 0.2  # a pointer that moved onto changed pixels scored this much less there a frame before
+    drop: float = 0.3  # a tracked pointer's score falling by more than this, below detect_threshold: it left
     near: int = 24  # a candidate this close (pixels) to the last position continues the track
     window: int = 56  # half-size of the window searched around the last position
     reacquire: int = 10  # frames after losing the pointer during which it is looked for near where it was
@@ -152,7 +153,10 @@ class PointerTracker:
                 self._moving.append((x, y))
             dist = np.inf if seen is None else np.hypot(x - seen[0], y - seen[1])
             if self._last is not None and dist <= self.near and (self._moved or roi != (0, 0, W, H)):
-                need = self.track_threshold
+                # the track goes on, unless the score fell from a sure one to a weak one: the pointer left and
+                # what it uncovered looks a little like one
+                fell = score < self.detect_threshold and score < self._last[2] - self.drop
+                need = self.detect_threshold if fell else self.track_threshold
             elif self._last is not None and dist <= self.near:  # a re-check of a track that never moved
                 need = self.static_threshold
             elif ((self._last is not None and motion is None and dist <= self.window)  # moving through a pan/fade
