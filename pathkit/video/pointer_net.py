@@ -26,9 +26,8 @@ from pathkit.io import PathkitError
 
 STRIDE = 4
 WEIGHTS = Path(__file__).with_name("weights") / "pointer_net.safetensors"
-
-
 WIDTHS = (16, 24, 40, 64, 48)  # channels: the two fine stages, the stride-4 features, the coarse path, the head
+UNRECORDED_WIDTHS = (12, 16, 32, 48, 32)  # files written before the widths were recorded (detectors v1-v3)
 
 
 class PointerNet(nn.Module):
@@ -55,15 +54,15 @@ class PointerNet(nn.Module):
 def load_pointer_net(path: str | None = None) -> PointerNet:
     """The shipped (or given) weights, in float32, eval mode (the channel widths are read from the file)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     p = Path(path) if path else WEIGHTS
     if not p.exists():
         raise PathkitError(f"{p}: pointer detector weights missing (rebuild: python -m pathkit.video.pointer_train)")
-    with safe_open(str(p), "pt") as f:
+    with safe_open(str(p), "pt") as f:  # one read: the widths (metadata) and the tensors
         widths = (f.metadata() or {}).get("widths")
-    net = PointerNet(tuple(int(w) for w in widths.split(",")) if widths else (12, 16, 32, 48, 32))
-    net.load_state_dict({k: v.float() for k, v in load_file(str(p)).items()})
+        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    net = PointerNet(tuple(int(w) for w in widths.split(",")) if widths else UNRECORDED_WIDTHS)
+    net.load_state_dict(state)
     return net.eval()
 
 

@@ -121,11 +121,13 @@ class PointerTracker:
         H, W = grey.shape
         self._frame += 1
         self._since_full += 1
-        if self._pending is not None:
-            px, py = self._pending[:2]
-            bx0, by0, bx1, by1 = self._box(px, py, 0, W, H)
-            if motion is not None and motion[by0:by1, bx0:bx1].any():
-                moving.append((px, py))  # it may be leaving: a candidate moving off from it is the pointer
+        pending = self._pending
+        changed_at_pending = False
+        if pending is not None:
+            bx0, by0, bx1, by1 = self._box(pending[0], pending[1], 0, W, H)
+            changed_at_pending = motion is None or bool(motion[by0:by1, bx0:bx1].any())
+            if motion is not None and changed_at_pending:
+                moving.append(pending[:2])  # it may be leaving: a candidate moving off from it is the pointer
         recheck = self.recheck if self._last is not None else self.recheck_lost
         if motion is not None and self._since_full < recheck:
             if self._last is not None:
@@ -178,16 +180,13 @@ class PointerTracker:
                     need = self.detect_threshold  # pathkit's own pointer art, matched to the pixel: no look-alike
             if score >= need and (best is None or score - need > best[2] - best[3]):
                 best = (x, y, score, need)
-        pending = self._pending
         if pending is not None:
-            pbox = self._box(pending[0], pending[1], 0, W, H)
-            changed_here = motion is None or motion[pbox[1]:pbox[3], pbox[0]:pbox[2]].any()
             if best is not None and np.hypot(best[0] - pending[0], best[1] - pending[1]) <= self.near:
                 # the pointer: it was there since the pending candidate was found
                 self.backfill.extend((f, pending[0] + self.hotspot_offset[0], pending[1] + self.hotspot_offset[1],
                                       pending[2]) for f in range(pending[3], self._frame))
                 self._pending = None
-            elif best is not None or changed_here:
+            elif best is not None or changed_at_pending:
                 # the pointer is elsewhere, or something changed where it is: it may have gone (what is
                 # reported back must have stood still since it was found)
                 self._pending = None
@@ -197,8 +196,7 @@ class PointerTracker:
             self._lost_for += 1
             self._last = None
             if self._pending is None and roi == (0, 0, W, H):
-                still = [c for c in candidates if c[0] >= self.pending_threshold
-                         and not (motion is not None and self._changed_near(motion, c[1], c[2]))]
+                still = [c for c in candidates if c[0] >= self.pending_threshold and c[1:] not in self._moving]
                 if still:
                     self._pending = (still[0][1], still[0][2], still[0][0], self._frame)
         else:
