@@ -58,11 +58,18 @@ def load_pointer_net(path: str | None = None) -> PointerNet:
     p = Path(path) if path else WEIGHTS
     if not p.exists():
         raise PathkitError(f"{p}: pointer detector weights missing (rebuild: python -m pathkit.video.pointer_train)")
-    with safe_open(str(p), "pt") as f:  # one read: the widths (metadata) and the tensors
-        widths = (f.metadata() or {}).get("widths")
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
-    net = PointerNet(tuple(int(w) for w in widths.split(",")) if widths else UNRECORDED_WIDTHS)
-    net.load_state_dict(state)
+    try:
+        with safe_open(str(p), "pt") as f:  # one read: the widths (metadata) and the tensors
+            widths = (f.metadata() or {}).get("widths")
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as e:  # safetensors' own error type: a truncated or foreign file
+        raise PathkitError(f"{p}: not readable as pointer detector weights ({e})") from None
+    try:
+        net = PointerNet(tuple(int(w) for w in widths.split(",")) if widths else UNRECORDED_WIDTHS)
+        net.load_state_dict(state)
+    except (ValueError, RuntimeError) as e:
+        raise PathkitError(f"{p}: metadata 'widths' ({widths!r}) does not fit the tensors: "
+                           f"{str(e).splitlines()[0]}") from None
     return net.eval()
 
 
