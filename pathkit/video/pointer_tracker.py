@@ -72,6 +72,8 @@ class PointerTracker:
     # changing where it is drops it
     pending_threshold: float = 0.4
     recheck_lost: int = 8  # frames between full searches while no pointer is tracked
+    leaving: int = 4  # frames after a pending candidate's place changed in which a pointer moving nearby confirms it
+    context: int = 64  # pixels of the frame around a searched area that the detector sees too
 
     def __post_init__(self) -> None:
         self._prev: np.ndarray | None = None
@@ -87,6 +89,7 @@ class PointerTracker:
         self._busy = np.zeros(0, np.float32)  # per 8 x 8 cell: how often it changed lately (decaying average)
         # (x, y, score, first frame) of a still candidate not yet known to be the pointer
         self._pending: tuple[float, float, float, int] | None = None
+        self._left: tuple[tuple[float, float, float, int], int] | None = None  # (pending, frame it went from there)
         self.backfill: list[tuple[int, float, float, float]] = []  # (frame, x, y, score): found late; drained by the caller
 
     def _motion(self, grey: np.ndarray) -> np.ndarray | None:
@@ -142,13 +145,17 @@ class PointerTracker:
             roi = (0, 0, W, H)
             self._since_full = 0
         x0, y0, x1, y1 = roi
-        prob, xy = heatmap(self.net, rgb[y0:y1, x0:x1])
+        # the detector sees ``context`` pixels around the searched area (its receptive field reaches ~60 px: cut
+        # closer, a pointer near the crop's edge scores far lower than in the whole frame)
+        cx0, cy0 = max(0, x0 - self.context) // 4 * 4, max(0, y0 - self.context) // 4 * 4
+        cx1, cy1 = min(W, x1 + self.context), min(H, y1 + self.context)
+        prob, xy = heatmap(self.net, rgb[cy0:cy1, cx0:cx1])
         best = None
         snapped = {}  # (x, y) -> pathkit's art matched there (or None): matched once per candidate and frame
         seen = self._last or (self._lost if self._lost_for <= self.reacquire else None)
         low = min(self.track_threshold, self.detect_threshold, self.moving_threshold)
-        candidates = [(score, x + x0, y + y0) for score, x, y in peaks(prob, xy, low, k=5)
-                      if 0 <= x + x0 < W and 0 <= y + y0 < H]
+        candidates = [(score, x + cx0, y + cy0) for score, x, y in peaks(prob, xy, low, k=5)
+                      if x0 <= x + cx0 < x1 and y0 <= y + cy0 < y1]
         for score, x, y in candidates:
             on_changed = motion is not None and self._changed_near(motion, x, y)
             if on_changed:
@@ -180,15 +187,25 @@ class PointerTracker:
                     need = self.detect_threshold  # pathkit's own pointer art, matched to the pixel: no look-alike
             if score >= need and (best is None or score - need > best[2] - best[3]):
                 best = (x, y, score, need)
+        left, self._left = self._left, None
+        if left is not None and pending is None and self._frame - left[1] <= self.leaving:
+            if best is None:
+                self._left = left
+            elif np.hypot(best[0] - left[0][0], best[1] - left[0][1]) <= self.window and best[:2] in self._moving:
+                self._confirm(left[0], left[1])  # it left fast: first seen moving a little way off
         if pending is not None:
             if best is not None and np.hypot(best[0] - pending[0], best[1] - pending[1]) <= self.near:
-                # the pointer: it was there since the pending candidate was found
-                self.backfill.extend((f, pending[0] + self.hotspot_offset[0], pending[1] + self.hotspot_offset[1],
-                                      pending[2]) for f in range(pending[3], self._frame))
+                self._confirm(pending, self._frame)  # the pointer: it was there since it was found
                 self._pending = None
-            elif best is not None or changed_at_pending:
-                # the pointer is elsewhere, or something changed where it is: it may have gone (what is
-                # reported back must have stood still since it was found)
+            elif best is None and changed_at_pending and motion is not None and not any(
+                    score >= self.track_threshold and np.hypot(x - pending[0], y - pending[1]) <= 3
+                    for score, x, y in candidates):
+                self._left, self._pending = (pending, self._frame), None  # gone from where it stood: leaving?
+            elif best is not None or (changed_at_pending and not any(
+                    score >= self.track_threshold and np.hypot(x - pending[0], y - pending[1]) <= 3
+                    for score, x, y in candidates)):
+                # the pointer is elsewhere, or something changed where it is and it is not seen there now: it
+                # may have gone (what is reported back must have stood still since it was found)
                 self._pending = None
         if best is None:
             if self._last is not None:
@@ -209,6 +226,11 @@ class PointerTracker:
                 self._moved = True
             self._last = (x, y, best[2])
         return self._reported()
+
+    def _confirm(self, pending: tuple[float, float, float, int], until: int) -> None:
+        """Report a pending candidate, now known to be the pointer, in the frames from where it was found."""
+        self.backfill.extend((f, pending[0] + self.hotspot_offset[0], pending[1] + self.hotspot_offset[1], pending[2])
+                             for f in range(pending[3], until))
 
     def _arrived(self, prev_rgb: np.ndarray | None, x: float, y: float, score: float) -> bool:
         """Whether the detector scored (x, y) clearly lower in the previous frame: a pointer that moved there."""
