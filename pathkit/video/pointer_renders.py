@@ -1,17 +1,17 @@
 """Procedurally varied mouse pointers composited onto lecture-like patches: the pointer detector's training data.
 
 No cursor theme is used: pointers are pathkit's own vector drawings with random proportions, direction, size
-(9 to 72 px, ~a third of them 9 to 18 px; small ones sometimes without anti-aliasing), fill (white, black, any colour; flat, glassy gradient in any
-direction, an inner rim, translucent), outline (the contrasting polarity, 1 to 4 px; rarely none; sometimes doubled like comic themes),
+(9 to 72 px, ~a third of them 9 to 18 px; small ones sometimes without anti-aliasing), fill (white, black, any colour,
+mostly saturated ones from dark navy to bright lime; flat, glassy gradient in any direction, an inner rim, translucent), outline (the contrasting polarity, 1 to 4 px; rarely none; sometimes doubled like comic themes),
 anti-aliasing and drop shadow:
 
-* arrows: the classic desktop arrow (with or without a tail) and block arrows (a head on a shaft), mostly
-  upright, some pointing left, right, down or any way; hotspot at the tip;
+* arrows: the classic desktop arrow (with or without a tail) and block arrows (a head on a shaft), some with
+  rounded corners, some mirrored (left-handed themes), mostly upright, some pointing left, right, down or any way; hotspot at the tip;
 * hands: an index finger rising from a palm with curled-finger stubs and a thumb, right or left hand, upright,
   up-left, sideways or any way; hotspot at the fingertip;
 * a few of pathkit's own pixel-art pointers (the synthetic lectures' pointer; no real theme).
 
-They are pasted onto crops of photographs and pathkit's procedural tissue, text slides, flat and black screens,
+They are pasted onto crops of photographs and pathkit's procedural tissue, text slides, flat (often black) screens,
 some with hard negatives (dark or coloured angular blobs without an outline, like a nucleus cluster), then the
 patch is downscaled by a random factor (0.4x to 1x, area or blur-then-bicubic/bilinear like ffmpeg's scalers)
 and JPEG-compressed, chroma subsampled (what x264 and a smaller video do to it).
@@ -76,6 +76,15 @@ def _draw_arrow(rng: np.random.Generator, height: float, canvas: int) -> tuple[n
     tip = np.array([canvas * SS * 0.5, canvas * SS * 0.5])
     mask = np.zeros((canvas * SS, canvas * SS), np.uint8)
     cv2.fillPoly(mask, [np.round(poly + tip).astype(np.int32)], 255, cv2.LINE_8)
+    if rng.random() < 0.3:  # rounded corners and tip (Bibata's and the comic themes' soft arrows)
+        r = max(1, int(round(height * SS * rng.uniform(0.03, 0.1))))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+        ys, xs = np.nonzero(mask)
+        if len(xs):  # the tip is where the rounded body now reaches nearest the sharp one
+            i = np.argmin(np.hypot(xs - tip[0], ys - tip[1]))
+            tip = np.array([float(xs[i]), float(ys[i])])
+    if rng.random() < 0.2:  # a left-handed theme's mirror image (tip at the top right)
+        return np.ascontiguousarray(mask[:, ::-1]), (float(mask.shape[1] - 1 - tip[0]), float(tip[1]))
     return mask, (float(tip[0]), float(tip[1]))
 
 
@@ -141,7 +150,13 @@ def _draw_hand(rng: np.random.Generator, height: float, canvas: int) -> tuple[np
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0, 255, 3)
+    """Any RGB colour, or (more often) a saturated one as themes use: any hue, dark navy to bright lime."""
+    import colorsys
+
+    if rng.random() < 0.4:
+        return rng.uniform(0, 255, 3)
+    rgb = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.45, 1.0), rng.uniform(0.3, 1.0))
+    return np.array(rgb) * 255.0
 
 
 def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
@@ -152,8 +167,8 @@ def render_pointer(rng: np.random.Generator, height: float, canvas: int = 96
     kind = "hand" if rng.random() < 0.4 else "arrow"
     body, (tx, ty) = (_draw_hand if kind == "hand" else _draw_arrow)(rng, height, canvas)
     style = rng.random()
-    coloured = style >= 0.64
-    if style < 0.32:
+    coloured = style >= 0.56
+    if style < 0.28:
         fill, outline = np.full(3, rng.uniform(225, 255)), np.full(3, rng.uniform(0, 40))
     elif not coloured:
         fill, outline = np.full(3, rng.uniform(0, 40)), np.full(3, rng.uniform(215, 255))
@@ -276,7 +291,7 @@ def background_patch(rng: np.random.Generator, size: int) -> np.ndarray:
     import cv2
 
     r = rng.random()
-    if r < 0.5:
+    if r < 0.47:
         pool = _photo_pool()
         img = pool[int(rng.integers(len(pool)))]
         zoom = rng.uniform(0.7, 3.0)
@@ -287,10 +302,10 @@ def background_patch(rng: np.random.Generator, size: int) -> np.ndarray:
         if rng.random() < 0.3:
             out = out[:, ::-1].copy()
         return out
-    if r < 0.8:
+    if r < 0.77:
         return _text_patch(rng, size)
-    if r < 0.9:
-        return np.full((size, size, 3), rng.uniform(0, 255, 3) if rng.random() < 0.5 else rng.choice([0, 255]),
+    if r < 0.93:  # flat: a blank black or white screen (common between slides), any colour
+        return np.full((size, size, 3), rng.uniform(0, 255, 3) if rng.random() < 0.4 else rng.choice([0, 0, 255]),
                        np.uint8)
     g = np.linspace(rng.uniform(0, 255, 3), rng.uniform(0, 255, 3), size)  # a gradient
     return np.ascontiguousarray(np.repeat(g[:, None], size, 1).astype(np.uint8))

@@ -3,7 +3,8 @@
 CenterNet-style training: a Gaussian around the hotspot's cell as the heatmap target (penalty-reduced focal
 loss, so cells next to the hotspot are not punished as hard as far ones) and an L1 loss on the offset inside
 the hotspot's cell. Seeded: the same seed and step count rebuild the same weights (up to float rounding
-of the CPU kernels). About 30 minutes on one CPU core (10000 steps at the default widths).
+of the CPU kernels). About 30 minutes on one CPU core (10000 steps at the default widths). ``--init``
+goes on from existing weights (fine-tuning on renders of your own).
 """
 
 from __future__ import annotations
@@ -57,14 +58,15 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train(steps: int = 10000, batch: int = 48, size: int = 96, seed: int = 0, lr: float = 2e-3,
-          log_every: int = 100, widths: tuple[int, ...] = WIDTHS) -> PointerNet:
+          log_every: int = 100, widths: tuple[int, ...] = WIDTHS, init: PointerNet | None = None) -> PointerNet:
+    """Train a detector from scratch, or go on from ``init`` (its widths, its weights)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t0 = time.time()
     pools = RenderPools.build(rng, size=size)
     print(f"render pools: {len(pools.sprites)} pointers, {len(pools.backgrounds)} backgrounds, {time.time() - t0:.0f}s",
           flush=True)
-    net = PointerNet(widths)
+    net = PointerNet(widths) if init is None else init.train().float()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     for step in range(1, steps + 1):
@@ -103,10 +105,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="channels: fine, fine, stride-4, coarse, head")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", help="go on from these weights (a safetensors file) instead of starting from scratch")
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", default=str(WEIGHTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(__import__("os").environ.get("PATHKIT_TORCH_THREADS", "1")))
-    net = train(args.steps, args.batch, seed=args.seed, widths=tuple(int(w) for w in args.widths.split(",")))
+    init = None
+    if args.init:
+        from pathkit.video.pointer_net import load_pointer_net
+
+        init = load_pointer_net(args.init)
+    net = train(args.steps, args.batch, seed=args.seed, lr=args.lr,
+                widths=tuple(int(w) for w in args.widths.split(",")), init=init)
     print(save(net, args.out))
 
 
