@@ -144,18 +144,10 @@ class PointerTracker:
         else:
             roi = (0, 0, W, H)
             self._since_full = 0
-        x0, y0, x1, y1 = roi
-        # the detector sees ``context`` pixels around the searched area (its receptive field reaches ~60 px: cut
-        # closer, a pointer near the crop's edge scores far lower than in the whole frame)
-        cx0, cy0 = max(0, x0 - self.context) // 4 * 4, max(0, y0 - self.context) // 4 * 4
-        cx1, cy1 = min(W, x1 + self.context), min(H, y1 + self.context)
-        prob, xy = heatmap(self.net, rgb[cy0:cy1, cx0:cx1])
         best = None
         snapped = {}  # (x, y) -> pathkit's art matched there (or None): matched once per candidate and frame
         seen = self._last or (self._lost if self._lost_for <= self.reacquire else None)
-        low = min(self.track_threshold, self.detect_threshold, self.moving_threshold)
-        candidates = [(score, x + cx0, y + cy0) for score, x, y in peaks(prob, xy, low, k=5)
-                      if x0 <= x + cx0 < x1 and y0 <= y + cy0 < y1]
+        candidates = self.candidates(rgb, roi, min(self.track_threshold, self.detect_threshold, self.moving_threshold))
         for score, x, y in candidates:
             on_changed = motion is not None and self._changed_near(motion, x, y)
             if on_changed:
@@ -226,6 +218,20 @@ class PointerTracker:
                 self._moved = True
             self._last = (x, y, best[2])
         return self._reported()
+
+    def candidates(self, rgb: np.ndarray, roi: tuple[int, int, int, int], threshold: float
+                   ) -> list[tuple[float, float, float]]:
+        """Up to 5 detector peaks above ``threshold`` with the hotspot inside ``roi`` (x0, y0, x1, y1), as
+        ``(score, x, y)`` in frame pixels, best first. The detector sees ``context`` pixels around the area: its
+        receptive field reaches ~60 px, and in a crop cut closer a pointer near the edge scores far lower than in
+        the whole frame."""
+        H, W = rgb.shape[:2]
+        x0, y0, x1, y1 = roi
+        cx0, cy0 = max(0, x0 - self.context) // 4 * 4, max(0, y0 - self.context) // 4 * 4
+        prob, xy = heatmap(self.net, rgb[cy0:min(H, y1 + self.context), cx0:min(W, x1 + self.context)])
+        xy = xy + np.array([cx0, cy0], np.float32)
+        inside = (xy[..., 0] >= x0) & (xy[..., 0] < x1) & (xy[..., 1] >= y0) & (xy[..., 1] < y1)
+        return peaks(np.where(inside, prob, 0.0), xy, threshold, k=5)
 
     def _confirm(self, pending: tuple[float, float, float, int], until: int) -> None:
         """Report a pending candidate, now known to be the pointer, in the frames from where it was found."""
