@@ -160,15 +160,19 @@ class PointerTracker:
                 need = self.detect_threshold if fell else self.track_threshold
             elif self._last is not None and dist <= self.near:  # a re-check of a track that never moved
                 need = self.static_threshold
-            elif ((self._last is not None and motion is None and dist <= self.window)  # moving through a pan/fade
-                  or dist <= self.near):  # back where it was lost a moment ago
-                need = self.detect_threshold
+            elif self._last is not None and motion is None and dist <= self.window:  # moving through a pan/fade ...
+                # ... keeps about its score; one far weaker is what the view change brought near as it left
+                need = self.detect_threshold if score >= self._last[2] - self.drop else self.static_threshold
+            elif dist <= self.near:  # back where it was lost a moment ago (about as sure as it was then: what a
+                # pointer uncovered as it vanished scores far lower)
+                need = self.detect_threshold if score >= seen[2] - self.drop / 2 else self.static_threshold
             elif on_changed:  # moved onto changed pixels ...
                 # ... unless it was there a frame before (a look-alike next to a webcam box or uncovered by the
                 # pointer's exit); seen on changed pixels a frame ago too, a little way off: moving by itself
-                arrived = self._arrived(prev_rgb, x, y, score)
-                was_moving = (any(2 < np.hypot(x - mx, y - my) <= self.near for mx, my in moving)
-                              and not self._is_busy(x, y))
+                # (in a busy area, a webcam box, a face moves by itself: such a candidate needs a sure score)
+                busy = self._is_busy(x, y)
+                arrived = not busy and self._arrived(prev_rgb, x, y, score)
+                was_moving = any(2 < np.hypot(x - mx, y - my) <= self.near for mx, my in moving)
                 need = (self.static_threshold if not arrived else self.moving_threshold if was_moving
                         else self.detect_threshold)
             else:
@@ -201,11 +205,13 @@ class PointerTracker:
                 self._pending = None
         if best is None:
             if self._last is not None:
-                self._lost, self._lost_for = self._last, 0
+                # where the pointer was (a track that never moved may have been a look-alike: not looked for again)
+                self._lost, self._lost_for = (self._last if self._moved else None), 0
             self._lost_for += 1
             self._last = None
             if self._pending is None and roi == (0, 0, W, H):
-                still = [c for c in candidates if c[0] >= self.pending_threshold and c[1:] not in self._moving]
+                still = [c for c in candidates if c[0] >= self.pending_threshold and c[1:] not in self._moving
+                         and not self._is_busy(*c[1:])]
                 if still:
                     self._pending = (still[0][1], still[0][2], still[0][0], self._frame)
         else:
@@ -242,12 +248,8 @@ class PointerTracker:
         """Whether the detector scored (x, y) clearly lower in the previous frame: a pointer that moved there."""
         if prev_rgb is None or prev_rgb.shape != self._prev_rgb.shape:
             return True
-        H, W = prev_rgb.shape[:2]
-        r = 48
-        cx0, cy0 = max(0, int(x) - r) // 4 * 4, max(0, int(y) - r) // 4 * 4
-        prob, xy = heatmap(self.net, prev_rgb[cy0:min(H, int(y) + r), cx0:min(W, int(x) + r)])
-        near = np.hypot(xy[..., 0] + cx0 - x, xy[..., 1] + cy0 - y) <= 6
-        return not near.any() or float(prob[near].max()) < score - self.arrival_drop
+        before = [s for s, px, py in self.candidates(prev_rgb, (int(x) - 6, int(y) - 6, int(x) + 7, int(y) + 7), 0.0)]
+        return not before or before[0] < score - self.arrival_drop
 
     def _reported(self) -> tuple[float, float, float] | None:
         return self._last
