@@ -20,7 +20,12 @@ to train it. Splits, for the tracker logic and thresholds around the network:
   pointers the network scored 0.4-0.65, never taken for the pointer) were then looked at, so it is "seen" too;
 * ``accept3``: two theme families no split used (Ubuntu's Yaru, Paper), left-handed opaque comic pointers,
   more theme variants, colours, sizes and downscales, recorded after the fourth detector's weights were
-  committed and scored once: the acceptance measurement.
+  committed and scored once: the fourth detector's acceptance measurement; its misses (still pointers
+  scored low, left-handed arrows, a pointer searched for in a crop cut close to it) were then looked at;
+* ``accept4``: two Debian packages no split used (right-handed opaque and left-handed translucent comic
+  pointers), more theme variants, colours, sizes (14 to 52 px), a 1080p capture at 0.4x and other downscales,
+  x264 at CRF 23 and 32, recorded after the fifth detector's weights were committed and scored once: the
+  acceptance measurement.
 
 Each clip is a ~17 s lecture (:func:`pathkit.video.lecture_script.demo_lecture`, its own seed) recorded
 live by :func:`pathkit.video.screencast.record_screencast`, then delivered as x264 (CRF 28), optionally
@@ -59,20 +64,26 @@ OLIVE = "pathkit-olive"  # crystalwhiteleft's with an olive fill (accept3)
 CORAL = "pathkit-coral"  # Chameleon-White-Large's with a coral fill (accept3)
 NAVY = "pathkit-navy"  # ComixCursors-LH-Opaque-White's with a navy fill (accept3)
 VIOLET = "pathkit-violet"  # ComixCursors-LH-Opaque-Slim-White's with a violet fill (accept3)
+CRIMSON = "pathkit-crimson"  # ComixCursors-Opaque-White's with a crimson fill (accept4)
+GOLD = "pathkit-gold"  # Chameleon-White-Small's with a gold fill (accept4)
+SKY = "pathkit-sky"  # Breeze_Snow's with a sky-blue fill (accept4)
+PLUM = "pathkit-plum"  # ComixCursors-LH-White's (translucent) with a plum fill (accept4)
 RECOLOURED = {YELLOW: ("DMZ-White", (255, 215, 0)), GREEN: ("whiteglass", (60, 200, 60)),
               MAGENTA: ("crystalwhite", (230, 40, 230)), CYAN: ("Bibata-Modern-Ice", (40, 220, 230)),
               ORANGE: ("oxy-white", (255, 140, 20)), LIME: ("ComixCursors-White", (150, 230, 30)),
               PINK: ("Chameleon-White-Regular", (255, 110, 180)), TEAL: ("ComixCursors-Slim-White", (0, 150, 140)),
               BROWN: ("crystalgray", (150, 90, 40)), OLIVE: ("crystalwhiteleft", (128, 128, 0)),
               CORAL: ("Chameleon-White-Large", (255, 110, 80)), NAVY: ("ComixCursors-LH-Opaque-White", (30, 40, 140)),
-              VIOLET: ("ComixCursors-LH-Opaque-Slim-White", (140, 60, 220))}
+              VIOLET: ("ComixCursors-LH-Opaque-Slim-White", (140, 60, 220)),
+              CRIMSON: ("ComixCursors-Opaque-White", (190, 20, 50)), GOLD: ("Chameleon-White-Small", (230, 180, 20)),
+              SKY: ("Breeze_Snow", (100, 180, 255)), PLUM: ("ComixCursors-LH-White", (110, 40, 100))}
 
 
 @dataclass(frozen=True)
 class Clip:
     name: str
     style: PointerStyle
-    split: str  # "dev" | "heldout" | "fresh" | "accept" | "accept2" | "accept3"
+    split: str  # "dev" | "heldout" | "fresh" | "accept" | "accept2" | "accept3" | "accept4"
     capture: tuple[int, int] = (640, 360)
     scale: float = 1.0  # delivered size = capture * scale
     webcam: bool = False
@@ -162,6 +173,30 @@ FAMILY: tuple[Clip, ...] = (
          seed=113),
     Clip("navy-40", PointerStyle(NAVY, 40), "accept3", seed=114),
     Clip("violet-40-hand", PointerStyle(VIOLET, 40, "hand2"), "accept3", seed=115),
+    # "accept4": recorded after the fifth detector's weights were committed and scored once: two Debian packages
+    # no split used (right-handed opaque and left-handed translucent comic pointers), theme variants (hot orange,
+    # violet, zion and navy oxygen, sky-blue and dark-sky-blue chameleon, blue and left-handed grey crystal),
+    # fill colours (crimson, gold, sky, plum), sizes (14, 22, 26, 30, 34, 42, 52 px), a 1920x1080 capture at
+    # 0.4x, 1280x720 at 0.8x and 0.55x, 1600x900 at 0.5x, and x264 at CRF 32 and 23
+    Clip("comix-opaque-red-30", PointerStyle("ComixCursors-Opaque-Red", 30), "accept4", seed=121),
+    Clip("comix-lh-green-36-hand", PointerStyle("ComixCursors-LH-Green", 36, "hand2"), "accept4", seed=122),
+    Clip("comix-opaque-slim-black-22", PointerStyle("ComixCursors-Opaque-Slim-Black", 22), "accept4", seed=123,
+         webcam=True),
+    Clip("oxy-hot-orange-34", PointerStyle("oxy-hot_orange", 34), "accept4", seed=124),
+    Clip("oxy-violet-26-hand", PointerStyle("oxy-violet", 26, "hand2"), "accept4", seed=125),
+    Clip("oxy-zion-52-720p-0.8", PointerStyle("oxy-zion", 52), "accept4", capture=(1280, 720), scale=0.8, seed=126),
+    Clip("chameleon-skyblue-28-hand", PointerStyle("Chameleon-SkyBlue-Regular", 28, "hand2"), "accept4", seed=127),
+    Clip("chameleon-darkskyblue-22", PointerStyle("Chameleon-DarkSkyBlue-Small", 22), "accept4", seed=128),
+    Clip("crystalblue-30-hand-720p-0.55", PointerStyle("crystalblue", 30, "hand2"), "accept4", capture=(1280, 720),
+         scale=0.55, seed=129),
+    Clip("crystalgrayleft-42-900p-half", PointerStyle("crystalgrayleft", 42), "accept4", capture=(1600, 900),
+         scale=0.5, seed=130),
+    Clip("crimson-42", PointerStyle(CRIMSON, 42), "accept4", seed=131),
+    Clip("gold-14", PointerStyle(GOLD, 14), "accept4", seed=132),
+    Clip("sky-26-hand-crf32", PointerStyle(SKY, 26, "hand2"), "accept4", seed=133, crf=32),
+    Clip("plum-52-hand", PointerStyle(PLUM, 52, "hand2"), "accept4", seed=134, crf=23),
+    Clip("oxy-navy-38-1080p-0.4", PointerStyle("oxy-navy", 38), "accept4", capture=(1920, 1080), scale=0.4,
+         seed=135, webcam=True),
 )
 
 
