@@ -180,16 +180,16 @@ def test_detector_finds_heldout_theme_pointers(tracked):
         xy, amb = pointer_truth(truth, times)
         s = pointer_scores(xy, amb, det)
         pooled.append(s)
-        # the issue asks 0.95; measured (fourth detector) 0.855 (the 20 px magenta arrow; the third detector
-        # had 0.73) and 0.96 to 1.0 on the others: see figures/screencast_benchmark.json for the full family
+        # the issue asks 0.95; measured (fifth detector) 0.86 (the 20 px magenta arrow; the fourth 0.855, the
+        # third 0.73) and 0.96 to 1.0 on the others: see figures/screencast_benchmark.json for the full family
         assert s["visible_frames"] >= 40 and s["recall"] >= 0.8, (name, s)
         assert s["median_error_px"] <= 3.0, (name, s)
     visible = sum(s["visible_frames"] for s in pooled)
     found = sum(s["recall"] * s["visible_frames"] for s in pooled)
-    assert found >= 0.95 * visible, (found, visible)  # measured 0.961 (third detector: 0.933)
+    assert found >= 0.95 * visible, (found, visible)  # measured 0.963 (fourth detector 0.961, third 0.933)
     hidden = sum(s["hidden_frames"] for s in pooled)
     false = sum(s["false_detection_rate"] * s["hidden_frames"] for s in pooled)
-    assert hidden >= 20 and false <= 0.02 * hidden, (hidden, false)  # measured 1 of 256 frames
+    assert hidden >= 20 and false <= 0.02 * hidden, (hidden, false)  # measured 0 of 256 frames (fourth: 1)
 
 
 def test_chunks_on_real_screencasts():

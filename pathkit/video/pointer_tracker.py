@@ -15,9 +15,13 @@ and how sure, it must be:
   does a tracked one that has never moved since it was found (a look-alike in the content, taken for the
   pointer as the real one left, never moves);
 * **a pending candidate**: the best still candidate above ``pending_threshold`` of such a search, while no
-  pointer is tracked, is held; if it later moves off by itself it was the pointer all along, and the frames
-  since it was found are reported late (``backfill``, merged by :func:`track_pointer`); anything changing
-  where it stands drops it (what is reported back stood still the whole time);
+  pointer is tracked (and outside a webcam-like busy area), is held; if it later moves off by itself it was
+  the pointer all along, and the frames since it was found are reported late (``backfill``, merged by
+  :func:`track_pointer`); it is confirmed too when it is gone from its changed place and a pointer is first
+  seen moving within ``window`` pixels in the next ``leaving`` frames (it left fast); anything else changing
+  where it stands drops it unless it is still seen there (what is reported back stood still the whole time);
+* **context**: every search shows the detector ``context`` pixels around the searched area (in a crop cut
+  close, a pointer near the edge scores far lower than in the whole frame);
 * **pathkit's own pointer art** (its synthetic lectures) matched at ``snap_threshold`` around the detection
   gives the exact hotspot (and such a candidate needs only ``detect_threshold``); any other pointer gets the
   network's hotspot plus ``hotspot_offset``.
