@@ -198,16 +198,27 @@ def plot(report: dict, path: Path) -> None:
 
     from pathkit.io import atomic_path
 
-    names = list(report["clips"])
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    order = ("dev", "heldout", "fresh", "accept", "accept2", "accept3", "accept4")
+    names = sorted(report["clips"], key=lambda n: (order.index(s) if (s := report["clips"][n]["split"]) in order
+                                                   else len(order)))  # grouped by split, family order within
+    fig, ax = plt.subplots(figsize=(max(12.0, 0.2 * len(names)), 5.5))
     x = np.arange(len(names))
     for k, (m, label) in enumerate((("pathkit_net", "learned detector"), ("template", "template tracker (before)"))):
         ax.bar(x + (k - 0.5) * 0.4, [report["clips"][n][m]["recall"] for n in names], 0.4, label=label)
     ax.axhline(0.95, color="k", ls=":", lw=1)
-    ax.set_xticks(x, [f"{n}\n({report['clips'][n]['split']})" for n in names], rotation=60, fontsize=7, ha="right")
+    splits = [report["clips"][n]["split"] for n in names]
+    for i in range(1, len(names)):  # split boundaries, each split named above its clips
+        if splits[i] != splits[i - 1]:
+            ax.axvline(i - 0.5, color="grey", lw=0.8)
+    for sp in dict.fromkeys(splits):
+        idx = [i for i, s in enumerate(splits) if s == sp]
+        ax.text(np.mean(idx), 1.06, sp, ha="center", fontsize=8)
+    ax.set_xticks(x, names, rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.12)
     ax.set_ylabel("recall within 8 px")
-    ax.set_title(f"Pointer recall on real screencasts (x264 CRF 28); {report['machine']['cpu_count']} shared CPU cores")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Pointer recall on real screencasts, by split; {report['machine']['cpu_count']} shared CPU cores",
+                 pad=18)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
