@@ -21,6 +21,7 @@ A sample is ``(patch RGB uint8 (S, S, 3), hotspot (x, y) float or None)``.
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -151,8 +152,6 @@ def _draw_hand(rng: np.random.Generator, height: float, canvas: int) -> tuple[np
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
     """Any RGB colour, or (more often) a saturated one as themes use: any hue, dark navy to bright lime."""
-    import colorsys
-
     if rng.random() < 0.4:
         return rng.uniform(0, 255, 3)
     rgb = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.45, 1.0), rng.uniform(0.3, 1.0))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pathkit.io import atomic_path
-from pathkit.video.pointer_net import STRIDE, WEIGHTS, WIDTHS, PointerNet
+from pathkit.video.pointer_net import STRIDE, WEIGHTS, WIDTHS, PointerNet, load_pointer_net
 from pathkit.video.pointer_renders import RenderPools, training_sample
 
 # Lazy imports: safetensors (the model stack, seconds to import). They load inside the functions that need
@@ -116,11 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(WEIGHTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(__import__("os").environ.get("PATHKIT_TORCH_THREADS", "1")))
-    init = None
-    if args.init:
-        from pathkit.video.pointer_net import load_pointer_net
-
-        init = load_pointer_net(args.init)
+    init = load_pointer_net(args.init) if args.init else None
     net = train(args.steps, args.batch, seed=args.seed, lr=args.lr,
                 widths=tuple(int(w) for w in args.widths.split(",")), init=init)
     print(save(net, args.out))
