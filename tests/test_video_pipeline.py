@@ -283,3 +283,20 @@ def test_bad_pointer_weights_one_line_errors(tmp_path, content, match):
     with pytest.raises(PathkitError, match=match) as err:
         load_pointer_net(str(path))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pointer_renders_put_the_hotspot_on_the_drawn_tip():
+    """The detector's training renders (arrows upright, rotated, rounded or mirrored like left-handed themes;
+    hands; outlines and shadows): the hotspot they report lies on the drawn pointer, within 1.5 px of a pixel it
+    covers, for every one of 300 renders (measured <= 1.4 px; with a rounded arrow's hotspot left at the
+    sharp tip the rounding cut off, this fails)."""
+    from pathkit.video.pointer_renders import render_pointer
+
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(300):
+        height = float(np.exp(rng.uniform(np.log(9), np.log(72))))
+        _, alpha, (hx, hy) = render_pointer(rng, height, int(height * 2.3) + 8)
+        ys, xs = np.nonzero(alpha > 0.2)  # a sharp tip's own pixel is only partly covered
+        gaps.append(np.hypot(xs - hx, ys - hy).min())
+    assert max(gaps) <= 1.5, sorted(gaps)[-5:]
